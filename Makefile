@@ -1,0 +1,60 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Every target is idempotent:
+# each install step leaves a stamp in .venv/.stamps and reruns only when its inputs change.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := $(VENV)/.stamps
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+CSRC := $(shell find deta/layers/csrc -type f 2>/dev/null)
+
+.PHONY: setup test lint format demo clean collect-env cuda-build-check
+
+setup: $(STAMPS)/deta
+
+$(STAMPS)/venv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip<26"
+	mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/torch: $(STAMPS)/venv
+	$(BIN)/pip install $(TORCH_PINS)
+	touch $@
+
+$(STAMPS)/detectron2: $(STAMPS)/torch dev/install_detectron2.py
+	$(BIN)/python dev/install_detectron2.py
+	touch $@
+
+$(STAMPS)/deps: $(STAMPS)/detectron2 dev/requirements.txt
+	$(BIN)/pip install -r dev/requirements.txt
+	touch $@
+
+# --no-build-isolation: setup.py compiles deta._C against the torch installed above.
+$(STAMPS)/deta: $(STAMPS)/deps setup.py $(CSRC)
+	$(BIN)/pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMPS)/deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMPS)/deps
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+collect-env: setup
+	$(BIN)/python -m deta.utils.collect_env
+
+demo: setup
+	$(BIN)/python tools/run_demo.py
+
+# Compile (not run) the CUDA kernels on a machine without a GPU; needs the toolkit root in CUDA_HOME.
+cuda-build-check: setup
+	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" \
+	CUDA_HOME="$${CUDA_HOME:-/usr/local/cuda}" \
+	$(BIN)/python setup.py build_ext --build-temp build/cuda-temp --build-lib build/cuda-lib
+
+clean:
+	rm -rf build *.egg-info deta/_C*.so

@@ -1,0 +1,189 @@
+"""Official DETA checkpoints (jozhang97/DETA) → this project's layout (SPEC §12).
+
+Only the backbone is renamed: the transformer, heads and input projections already use the
+official names, including the ``transformer.decoder.{class,bbox}_embed`` aliases of the shared
+heads. Class heads can be sliced from the 91 raw COCO ids to Detectron2's 80 contiguous classes.
+"""
+
+import argparse
+import logging
+import os
+import re
+import tempfile
+from typing import Dict, List, Optional
+
+import torch
+
+__all__ = [
+    "COCO_CATEGORY_IDS",
+    "ConversionError",
+    "convert_official_state_dict",
+    "load_official_checkpoint",
+    "check_against_model",
+    "save_atomic",
+]
+
+logger = logging.getLogger(__name__)
+
+# The 80 category ids of COCO 2017 in Detectron2's contiguous order.
+COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+
+_STEM = {"conv1": "stem.conv1", "bn1": "stem.conv1.norm"}
+# torchvision block module → Detectron2 block module (FrozenBN sits inside the conv as .norm).
+_BLOCK = {
+    "downsample.0": "shortcut",
+    "downsample.1": "shortcut.norm",
+    "conv1": "conv1",
+    "conv2": "conv2",
+    "conv3": "conv3",
+    "bn1": "conv1.norm",
+    "bn2": "conv2.norm",
+    "bn3": "conv3.norm",
+}
+_RESNET_KEY = re.compile(
+    r"^backbone\.0\.body\.layer(\d)\.(\d+)\.(downsample\.[01]|conv\d|bn\d)\.(\w+)$"
+)
+_STEM_KEY = re.compile(r"^backbone\.0\.body\.(conv1|bn1)\.(\w+)$")
+_KNOWN_PREFIXES = ("transformer.", "class_embed.", "bbox_embed.", "input_proj.")
+
+
+class ConversionError(ValueError):
+    """An official checkpoint that cannot be converted; the message lists the offending keys."""
+
+
+def load_official_checkpoint(path: str) -> Dict:
+    """Load an official ``.pth`` (trusted input) and return the whole checkpoint dict.
+
+    Released files pickle an ``argparse.Namespace`` under ``args``, which torch>=2.6's
+    ``weights_only=True`` default rejects; we allow exactly that class rather than unpickling
+    arbitrary objects.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"official checkpoint {path!r} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for corrupt files
+        raise ConversionError(f"{path!r} is not a readable torch checkpoint: {e}") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        keys = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ConversionError(
+            f"{path!r} has no 'model' entry (found {keys}); not an official DETA checkpoint"
+        )
+    return ckpt
+
+
+def _rename_resnet(key: str) -> Optional[str]:
+    m = _STEM_KEY.match(key)
+    if m:
+        return f"backbone.{_STEM[m.group(1)]}.{m.group(2)}"
+    m = _RESNET_KEY.match(key)
+    if m and m.group(3) in _BLOCK:
+        stage, block, module, leaf = m.groups()
+        return f"backbone.res{int(stage) + 1}.{block}.{_BLOCK[module]}.{leaf}"
+    return None
+
+
+def _rename(key: str, backbone: str) -> Optional[str]:
+    if key.startswith(_KNOWN_PREFIXES):
+        return key
+    if backbone == "swin" and key.startswith("backbone.0.body."):
+        return "backbone." + key[len("backbone.0.body.") :]
+    if backbone == "resnet":
+        return _rename_resnet(key)
+    return None
+
+
+def _num_decoder_layers(state: Dict[str, torch.Tensor]) -> int:
+    ids = {int(m.group(1)) for k in state for m in [re.match(r"^class_embed\.(\d+)\.", k)] if m}
+    if not ids:
+        raise ConversionError("no 'class_embed.N.*' keys: not a DETA / Deformable-DETR checkpoint")
+    return max(ids)  # the last head is the first-stage head
+
+
+def _slice_classes(state: Dict[str, torch.Tensor], num_dec: int) -> None:
+    """91 raw-id rows → 80 contiguous rows; the first-stage head keeps row 0 (objectness)."""
+    dec_rows = torch.as_tensor(COCO_CATEGORY_IDS)
+    # First-stage head: only logit 0 is ever read; the other rows are trained as negatives only.
+    enc_rows = torch.as_tensor([0] + COCO_CATEGORY_IDS[1:])
+    for key in list(state):
+        m = re.match(r"^(?:transformer\.decoder\.)?class_embed\.(\d+)\.(weight|bias)$", key)
+        if m:
+            rows = enc_rows if int(m.group(1)) == num_dec else dec_rows
+            if state[key].shape[0] != 91:
+                raise ConversionError(f"{key} has {state[key].shape[0]} classes; slicing needs 91")
+            state[key] = state[key][rows].clone()
+
+
+def convert_official_state_dict(
+    official: Dict[str, torch.Tensor], slice_coco_classes: bool = False
+) -> Dict[str, torch.Tensor]:
+    """Rename an official ``ckpt['model']`` to this project's keys (float32 tensors).
+
+    Args:
+        official: the official state dict (R-50 or Swin-L backbone).
+        slice_coco_classes: map 91-way COCO heads to Detectron2's 80 contiguous classes.
+
+    Raises:
+        ConversionError: listing every key that matches no known pattern.
+    """
+    if any(k.startswith("backbone.0.body.patch_embed") for k in official):
+        backbone = "swin"
+    elif any(k.startswith("backbone.0.body.conv1") for k in official):
+        backbone = "resnet"
+    else:
+        raise ConversionError("unknown backbone: no 'backbone.0.body.conv1' or '.patch_embed' keys")
+    out, unknown = {}, []
+    for key, value in official.items():
+        if key.endswith("num_batches_tracked") or key.endswith(("total_ops", "total_params")):
+            continue
+        new = _rename(key, backbone)
+        if new is None:
+            unknown.append(key)
+            continue
+        out[new] = value.float() if value.is_floating_point() else value
+    if unknown:
+        raise ConversionError(
+            f"{len(unknown)} unknown keys in the official checkpoint: {unknown[:20]}"
+        )
+    if slice_coco_classes:
+        _slice_classes(out, _num_decoder_layers(out))
+    return out
+
+
+def check_against_model(converted: Dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Raise ``ConversionError`` listing missing, unexpected and shape-mismatched keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in converted and converted[k].shape != v.shape
+    ]
+    problems: List[str] = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {missing[:20]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {unexpected[:20]}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches: {shapes[:20]}")
+    if problems:
+        raise ConversionError(
+            "converted checkpoint does not fit the config's model; " + "; ".join(problems)
+        )
+
+
+def save_atomic(obj, path: str) -> None:
+    """``torch.save`` to a temporary file in the target folder, then rename: never half-written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

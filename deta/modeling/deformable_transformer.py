@@ -1,0 +1,389 @@
+"""Deformable-DETR encoder and decoder (post-norm layers, iterative box refinement).
+
+Shape shorthand: ``B`` batch, ``S`` encoder tokens (sum of H_l * W_l), ``L`` feature levels,
+``Q`` queries, ``C`` hidden dim. Follows SPEC §3 (encoder) and §6 (decoder) of the official DETA.
+"""
+
+import copy
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..layers import MSDeformAttn
+from .position_encoding import box_sine_embedding
+from .two_stage import encoder_output_proposals
+
+__all__ = [
+    "DeformableEncoderLayer",
+    "DeformableEncoder",
+    "DeformableDecoderLayer",
+    "DeformableDecoder",
+    "DeformableTransformer",
+    "MLP",
+    "inverse_sigmoid",
+    "valid_ratios_of",
+]
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Clamped logit, bounded by ±log(1/eps - 1) (SPEC §6.4)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def valid_ratios_of(mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) padding mask → (B, 2) valid fraction (w, h), read from row 0 / column 0."""
+    _, H, W = mask.shape
+    valid_h = torch.sum(~mask[:, :, 0], 1)
+    valid_w = torch.sum(~mask[:, 0, :], 1)
+    return torch.stack([valid_w.float() / W, valid_h.float() / H], -1)
+
+
+class MLP(nn.Module):
+    """``num_layers`` Linear layers with ReLU in between (the box head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        outs = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+def _clones(module: nn.Module, n: int) -> nn.ModuleList:
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm: deformable self-attention over all levels, then FFN (SPEC §3)."""
+
+    def __init__(
+        self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4, impl=None
+    ):
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, impl=impl)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
+        attn = self.self_attn(
+            src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
+        )
+        src = self.norm1(src + self.dropout1(attn))
+        ffn = self.linear2(self.dropout2(torch.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout3(ffn))
+
+
+class DeformableEncoder(nn.Module):
+    def __init__(self, encoder_layer: DeformableEncoderLayer, num_layers: int):
+        super().__init__()
+        self.layers = _clones(encoder_layer, num_layers)
+
+    @staticmethod
+    def reference_points(
+        spatial_shapes: List[Tuple[int, int]], valid_ratios: torch.Tensor
+    ) -> torch.Tensor:
+        """Pixel centres of every level, normalised to their own level's valid region.
+
+        Returns:
+            Tensor: (B, S, L, 2) in the padded-map coordinates of every sampled level.
+        """
+        device = valid_ratios.device
+        refs = []
+        for lvl, (H, W) in enumerate(spatial_shapes):
+            ref_y, ref_x = torch.meshgrid(
+                torch.linspace(0.5, H - 0.5, H, dtype=torch.float32, device=device),
+                torch.linspace(0.5, W - 0.5, W, dtype=torch.float32, device=device),
+                indexing="ij",
+            )
+            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * H)
+            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * W)
+            refs.append(torch.stack((ref_x, ref_y), -1))
+        return torch.cat(refs, 1)[:, :, None] * valid_ratios[:, None]
+
+    def forward(self, src, spatial_shapes, level_start_index, valid_ratios, pos, padding_mask):
+        """
+        Args:
+            src, pos (Tensor): (B, S, C) flattened features and positional encodings.
+            spatial_shapes (Tensor): (L, 2) int64 (H, W).
+            level_start_index (Tensor): (L,) int64.
+            valid_ratios (Tensor): (B, L, 2).
+            padding_mask (Tensor): (B, S) bool, True on padding.
+        """
+        shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+        reference_points = self.reference_points(shapes, valid_ratios)
+        out = src
+        for layer in self.layers:
+            out = layer(out, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+        return out
+
+
+class DeformableDecoderLayer(nn.Module):
+    """Post-norm: self-attention, deformable cross-attention, FFN (SPEC §6.1)."""
+
+    def __init__(
+        self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4, impl=None
+    ):
+        super().__init__()
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, impl=impl)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout3 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout4 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(
+        self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, mask
+    ):
+        q = k = tgt + query_pos
+        # nn.MultiheadAttention is sequence-first here, as in the official layer.
+        attn = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1))[0]
+        tgt = self.norm2(tgt + self.dropout2(attn.transpose(0, 1)))
+        attn = self.cross_attn(
+            tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, mask
+        )
+        tgt = self.norm1(tgt + self.dropout1(attn))
+        ffn = self.linear2(self.dropout3(torch.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout4(ffn))
+
+
+class DeformableDecoder(nn.Module):
+    """Stack of decoder layers with optional iterative box refinement (SPEC §6.2).
+
+    Args:
+        bbox_embed (nn.ModuleList or None): per-layer box heads, shared with the meta-architecture
+            (the official wiring, so checkpoint keys ``transformer.decoder.bbox_embed.*`` exist).
+        class_embed (nn.ModuleList or None): per-layer class heads, shared likewise; index
+            ``num_layers`` is the first-stage (encoder) head.
+    """
+
+    def __init__(
+        self,
+        decoder_layer: DeformableDecoderLayer,
+        num_layers: int,
+        bbox_embed: Optional[nn.ModuleList] = None,
+        class_embed: Optional[nn.ModuleList] = None,
+    ):
+        super().__init__()
+        self.layers = _clones(decoder_layer, num_layers)
+        self.num_layers = num_layers
+        self.bbox_embed = bbox_embed
+        self.class_embed = class_embed
+
+    def forward(
+        self,
+        tgt,
+        reference_points,
+        memory,
+        spatial_shapes,
+        level_start_index,
+        valid_ratios,
+        query_pos,
+        padding_mask,
+    ):
+        """
+        Args:
+            tgt, query_pos (Tensor): (B, Q, C).
+            reference_points (Tensor): (B, Q, 4) boxes (cx, cy, w, h) or (B, Q, 2) points.
+
+        Returns:
+            (Tensor, Tensor): hidden states (num_layers, B, Q, C) and the detached reference after
+            each layer (num_layers, B, Q, 4 or 2).
+        """
+        output = tgt
+        states, references = [], []
+        for lid, layer in enumerate(self.layers):
+            if reference_points.shape[-1] == 4:
+                ratios = torch.cat([valid_ratios, valid_ratios], -1)
+            else:
+                ratios = valid_ratios
+            ref_input = reference_points[:, :, None] * ratios[:, None]
+            output = layer(
+                output,
+                query_pos,
+                ref_input,
+                memory,
+                spatial_shapes,
+                level_start_index,
+                padding_mask,
+            )
+            if self.bbox_embed is not None:
+                delta = self.bbox_embed[lid](output)
+                if reference_points.shape[-1] == 4:
+                    new_ref = (delta + inverse_sigmoid(reference_points)).sigmoid()
+                else:
+                    # Point references become boxes after the first refinement (official).
+                    new_ref = torch.cat(
+                        [delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1
+                    ).sigmoid()
+                # "Look forward once": each layer's box gradient stops at its input reference.
+                reference_points = new_ref.detach()
+            states.append(output)
+            references.append(reference_points)
+        return torch.stack(states), torch.stack(references)
+
+
+class DeformableTransformer(nn.Module):
+    """Two-stage deformable transformer: encoder, proposals, query selection, decoder.
+
+    Attribute names follow the official checkpoint (``level_embed``, ``enc_output``, ``pos_trans``,
+    ``pix_trans``, ...). The prediction heads are passed in and shared with the decoder.
+
+    Args:
+        class_embed, bbox_embed (nn.ModuleList): ``dec_layers + 1`` heads; the last is the
+            first-stage head whose class logit 0 is the objectness score (SPEC §5.2).
+        select_queries: callable ``(objectness, boxes_unact, level_ids, level_sizes) -> (B, Q)``
+            choosing the encoder tokens that seed the decoder queries.
+        mix_selected_features (bool): DETA's ``pix_trans``: add the selected (detached) encoder
+            features to the content queries (SPEC §5.5).
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        nhead: int,
+        num_encoder_layers: int,
+        num_decoder_layers: int,
+        dim_feedforward: int,
+        dropout: float,
+        num_feature_levels: int,
+        enc_n_points: int,
+        dec_n_points: int,
+        class_embed: nn.ModuleList,
+        bbox_embed: Optional[nn.ModuleList],
+        select_queries,
+        mix_selected_features: bool = True,
+        proposal_base_size: float = 0.05,
+        proposal_valid_range: Tuple[float, float] = (0.01, 0.99),
+        msda_impl: Optional[str] = None,
+    ):
+        super().__init__()
+        self.d_model = d_model
+        enc_layer = DeformableEncoderLayer(
+            d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points, msda_impl
+        )
+        self.encoder = DeformableEncoder(enc_layer, num_encoder_layers)
+        dec_layer = DeformableDecoderLayer(
+            d_model, dim_feedforward, dropout, num_feature_levels, nhead, dec_n_points, msda_impl
+        )
+        self.decoder = DeformableDecoder(dec_layer, num_decoder_layers, bbox_embed, class_embed)
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        self.enc_output = nn.Linear(d_model, d_model)
+        self.enc_output_norm = nn.LayerNorm(d_model)
+        self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
+        self.pos_trans_norm = nn.LayerNorm(d_model * 2)
+        self.mix_selected_features = mix_selected_features
+        if mix_selected_features:
+            self.pix_trans = nn.Linear(d_model, d_model)
+            self.pix_trans_norm = nn.LayerNorm(d_model)
+        self.select_queries = select_queries
+        self.proposal_base_size = proposal_base_size
+        self.proposal_valid_range = tuple(proposal_valid_range)
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        # Order matters (SPEC §7): xavier on every matrix, then the MSDA init, then level_embed.
+        # The heads are attached later by the meta-architecture, which initialises them itself.
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and not name.startswith(("decoder.bbox_embed", "decoder.class_embed")):
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m._reset_parameters()
+        nn.init.normal_(self.level_embed)
+
+    def forward(self, srcs, masks, pos_embeds):
+        """
+        Args:
+            srcs, pos_embeds (list[Tensor]): per level (B, C, H_l, W_l).
+            masks (list[Tensor]): per level (B, H_l, W_l) bool, True on padding.
+
+        Returns:
+            dict with ``hs`` (D, B, Q, C), ``init_reference`` (B, Q, 4), ``inter_references``
+            (D, B, Q, 4), ``enc_outputs_class`` (B, S, K), ``enc_outputs_coord_unact`` (B, S, 4),
+            ``anchors`` (B, S, 4), ``selected`` (B, Q) token indices, ``memory``,
+            ``spatial_shapes``, ``level_start_index``, ``valid_ratios``.
+        """
+        shapes = [tuple(src.shape[-2:]) for src in srcs]
+        src_flatten = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
+        mask_flatten = torch.cat([m.flatten(1) for m in masks], 1)
+        pos_flatten = torch.cat(
+            [
+                p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
+                for lvl, p in enumerate(pos_embeds)
+            ],
+            1,
+        )
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        level_start_index = torch.cat(
+            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
+        )
+        valid_ratios = torch.stack([valid_ratios_of(m) for m in masks], 1)
+        memory = self.encoder(
+            src_flatten, spatial_shapes, level_start_index, valid_ratios, pos_flatten, mask_flatten
+        )
+
+        out_memory, proposals, level_ids = encoder_output_proposals(
+            memory, mask_flatten, shapes, self.proposal_base_size, self.proposal_valid_range
+        )
+        out_memory = self.enc_output_norm(self.enc_output(out_memory))
+        head = self.decoder.num_layers
+        enc_class = self.decoder.class_embed[head](out_memory)
+        enc_coord_unact = self.decoder.bbox_embed[head](out_memory) + proposals
+
+        selected = self.select_queries(
+            enc_class[..., 0], enc_coord_unact, level_ids, [h * w for h, w in shapes]
+        )
+        index4 = selected.unsqueeze(-1).expand(-1, -1, 4)
+        coords_unact = torch.gather(enc_coord_unact, 1, index4).detach()
+        reference_points = coords_unact.sigmoid()
+        pos_trans = self.pos_trans_norm(
+            self.pos_trans(box_sine_embedding(coords_unact, self.d_model // 2))
+        )
+        query_pos, tgt = torch.split(pos_trans, self.d_model, dim=2)
+        if self.mix_selected_features:
+            index_c = selected.unsqueeze(-1).expand(-1, -1, out_memory.shape[-1])
+            feats = torch.gather(out_memory, 1, index_c).detach()
+            tgt = tgt + self.pix_trans_norm(self.pix_trans(feats))
+
+        hs, inter_references = self.decoder(
+            tgt,
+            reference_points,
+            memory,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            query_pos,
+            mask_flatten,
+        )
+        return {
+            "hs": hs,
+            "init_reference": reference_points,
+            "inter_references": inter_references,
+            "enc_outputs_class": enc_class,
+            "enc_outputs_coord_unact": enc_coord_unact,
+            "anchors": proposals.sigmoid(),
+            "selected": selected,
+            "memory": memory,
+            "spatial_shapes": spatial_shapes,
+            "level_start_index": level_start_index,
+            "valid_ratios": valid_ratios,
+        }

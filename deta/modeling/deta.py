@@ -1,0 +1,335 @@
+"""The ``DETA`` meta-architecture ("NMS Strikes Back", arXiv:2212.06137).
+
+A two-stage Deformable DETR with iterative box refinement, trained with IoU-based many-to-one
+assignment (``Stage1Assigner``/``Stage2Assigner``) and evaluated with class-wise NMS. With both
+``ASSIGN_*`` keys off it is the Improved Deformable DETR baseline (Hungarian matching, top-k).
+
+Shape shorthand: ``B`` batch, ``Q`` queries, ``K`` classes, ``S`` encoder tokens, ``D`` decoder
+layers.
+"""
+
+import copy
+import logging
+import math
+from functools import partial
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+from torchvision.ops import box_convert
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
+
+from .assigner import Stage1Assigner, Stage2Assigner
+from .backbone import backbone_channels, build_input_proj, project_features
+from .config_checks import check_deta_config
+from .criterion import SetCriterion
+from .deformable_transformer import MLP, DeformableTransformer, inverse_sigmoid
+from .matcher import HungarianMatcher
+from .position_encoding import PositionEmbeddingSine
+from .postprocess import nms_inference, topk_inference
+from .two_stage import select_queries_nms, select_queries_topk
+
+__all__ = ["DETA"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_heads(hidden_dim: int, num_classes: int, num_pred: int, prior_prob: float):
+    """``num_pred`` independent copies of the class and box heads, initialised as SPEC §7.
+
+    All copies start identical; class biases carry the focal-loss prior and every box head's last
+    layer is zero, so decoder boxes start at their references and encoder boxes at their anchors.
+    """
+    class_embed = nn.Linear(hidden_dim, num_classes)
+    nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+    bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+    nn.init.constant_(bbox_embed.layers[-1].weight, 0)
+    nn.init.constant_(bbox_embed.layers[-1].bias, 0)
+    classes = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
+    boxes = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
+    return classes, boxes
+
+
+@META_ARCH_REGISTRY.register()
+class DETA(nn.Module):
+    """Detectron2 meta-architecture for DETA and (Improved) two-stage Deformable DETR.
+
+    Takes Detectron2's ``list[dict]`` batches; in training returns the weighted loss dict, in
+    inference ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]`` in the coordinates
+    of each input's ``height``/``width``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        in_features: List[str],
+        input_proj: nn.ModuleList,
+        position_embedding: nn.Module,
+        transformer: DeformableTransformer,
+        class_embed: nn.ModuleList,
+        bbox_embed: nn.ModuleList,
+        criterion: SetCriterion,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        deep_supervision: bool = True,
+        nms_on_test: bool = True,
+        pre_nms_topk_test: int = 10000,
+        nms_thresh_test: float = 0.7,
+        detections_per_image: int = 100,
+    ):
+        super().__init__()
+        # Registration order mirrors the official model so state_dict keys read the same.
+        self.transformer = transformer
+        self.class_embed = class_embed
+        self.bbox_embed = bbox_embed
+        self.input_proj = input_proj
+        self.backbone = backbone
+        self.in_features = in_features
+        self.position_embedding = position_embedding
+        self.criterion = criterion
+        self.deep_supervision = deep_supervision
+        self.nms_on_test = nms_on_test
+        self.pre_nms_topk_test = pre_nms_topk_test
+        self.nms_thresh_test = nms_thresh_test
+        self.detections_per_image = detections_per_image
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        check_deta_config(cfg)
+        d = cfg.MODEL.DETA
+        backbone = build_backbone(cfg)
+        channels = backbone_channels(backbone.output_shape(), list(d.IN_FEATURES))
+        class_embed, bbox_embed = build_heads(
+            d.HIDDEN_DIM, d.NUM_CLASSES, d.DEC_LAYERS + 1, d.PRIOR_PROB
+        )
+        if d.ASSIGN_FIRST_STAGE:
+            select = partial(
+                select_queries_nms,
+                num_queries=d.NUM_QUERIES,
+                pre_nms_topk=d.PROPOSAL_PRE_NMS_TOPK,
+                nms_thresh=d.PROPOSAL_NMS_THRESH,
+            )
+        else:
+            select = _TopkSelection(d.NUM_QUERIES)
+        transformer = DeformableTransformer(
+            d_model=d.HIDDEN_DIM,
+            nhead=d.NHEADS,
+            num_encoder_layers=d.ENC_LAYERS,
+            num_decoder_layers=d.DEC_LAYERS,
+            dim_feedforward=d.DIM_FEEDFORWARD,
+            dropout=d.DROPOUT,
+            num_feature_levels=d.NUM_FEATURE_LEVELS,
+            enc_n_points=d.ENC_N_POINTS,
+            dec_n_points=d.DEC_N_POINTS,
+            class_embed=class_embed,
+            bbox_embed=bbox_embed,
+            select_queries=select,
+            mix_selected_features=d.MIX_SELECTED_FEATURES,
+            proposal_base_size=d.PROPOSAL_BASE_SIZE,
+            proposal_valid_range=tuple(d.PROPOSAL_VALID_RANGE),
+            msda_impl=d.MSDA_IMPL,
+        )
+        return {
+            "backbone": backbone,
+            "in_features": list(d.IN_FEATURES),
+            "input_proj": build_input_proj(channels, d.HIDDEN_DIM, d.NUM_FEATURE_LEVELS),
+            "position_embedding": PositionEmbeddingSine(d.HIDDEN_DIM // 2, normalize=True),
+            "transformer": transformer,
+            "class_embed": class_embed,
+            "bbox_embed": bbox_embed,
+            "criterion": build_criterion(cfg),
+            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+            "deep_supervision": d.DEEP_SUPERVISION,
+            "nms_on_test": d.NMS_ON_TEST,
+            "pre_nms_topk_test": d.PRE_NMS_TOPK_TEST,
+            "nms_thresh_test": d.NMS_THRESH_TEST,
+            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: Detectron2 dicts with ``image`` (C, H, W) in ``INPUT.FORMAT``, and in
+                training ``instances`` (``gt_boxes`` absolute xyxy, ``gt_classes``).
+        """
+        images = self.preprocess_image(batched_inputs)
+        outputs = self.forward_features(images.tensor, self.padding_mask(images))
+        if self.training:
+            targets = self.prepare_targets(batched_inputs, images)
+            losses = self.criterion(outputs, targets)
+            self._log_assignment()
+            weights = self.criterion.weight_dict
+            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+        sizes = [
+            (x.get("height", s[0]), x.get("width", s[1]))
+            for x, s in zip(batched_inputs, images.image_sizes)
+        ]
+        return [{"instances": r} for r in self.inference(outputs, sizes)]
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise, then zero-pad bottom-right with no size divisibility (official batching)."""
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, 0, pad_value=0.0)
+
+    @staticmethod
+    def padding_mask(images: ImageList) -> torch.Tensor:
+        """(B, H, W) bool, True on padding, from the unpadded image sizes."""
+        B, _, H, W = images.tensor.shape
+        mask = torch.ones((B, H, W), dtype=torch.bool, device=images.tensor.device)
+        for i, (h, w) in enumerate(images.image_sizes):
+            mask[i, :h, :w] = False
+        return mask
+
+    def forward_features(self, images: torch.Tensor, mask: torch.Tensor) -> Dict:
+        """Network outputs in the official layout (SPEC §6.3).
+
+        Args:
+            images (Tensor): (B, 3, H, W) normalised, zero-padded batch.
+            mask (Tensor): (B, H, W) bool, True on padding.
+
+        Returns:
+            dict: ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4), ``init_reference``,
+            ``aux_outputs`` (D - 1 dicts), ``enc_outputs`` (``pred_logits``, ``pred_boxes``,
+            ``anchors``), and ``extras`` (selected tokens, references, shapes, ratios, memory).
+        """
+        features = self.backbone(images)
+        srcs, masks, pos = project_features(
+            features, self.in_features, self.input_proj, mask, self.position_embedding
+        )
+        t = self.transformer(srcs, masks, pos)
+        hs, init_ref, inter_refs = t["hs"], t["init_reference"], t["inter_references"]
+        logits, boxes = [], []
+        for lvl in range(hs.shape[0]):
+            reference = init_ref if lvl == 0 else inter_refs[lvl - 1]
+            logits.append(self.class_embed[lvl](hs[lvl]))
+            boxes.append((self.bbox_embed[lvl](hs[lvl]) + inverse_sigmoid(reference)).sigmoid())
+        out = {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "init_reference": init_ref,
+            "aux_outputs": [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
+            ],
+            "enc_outputs": {
+                "pred_logits": t["enc_outputs_class"],
+                "pred_boxes": t["enc_outputs_coord_unact"].sigmoid(),
+                "anchors": t["anchors"],
+            },
+            "extras": {
+                k: t[k]
+                for k in (
+                    "selected",
+                    "inter_references",
+                    "memory",
+                    "spatial_shapes",
+                    "level_start_index",
+                    "valid_ratios",
+                )
+            },
+        }
+        out["extras"].update(srcs=srcs, masks=masks, pos=pos)
+        if not self.deep_supervision:
+            out["aux_outputs"] = []
+        return out
+
+    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        """GT boxes → normalised cxcywh of the unpadded image; labels are contiguous ids."""
+        targets = []
+        for x, (h, w) in zip(batched_inputs, images.image_sizes):
+            inst = x["instances"].to(self.device)
+            boxes = box_convert(inst.gt_boxes.tensor, "xyxy", "cxcywh")
+            scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+            targets.append({"labels": inst.gt_classes, "boxes": boxes / scale})
+        return targets
+
+    def inference(self, outputs: Dict, image_sizes: List[Tuple[int, int]]):
+        if self.nms_on_test:
+            return nms_inference(
+                outputs["pred_logits"],
+                outputs["pred_boxes"],
+                image_sizes,
+                self.pre_nms_topk_test,
+                self.nms_thresh_test,
+                self.detections_per_image,
+            )
+        return topk_inference(
+            outputs["pred_logits"], outputs["pred_boxes"], image_sizes, self.detections_per_image
+        )
+
+    def _log_assignment(self):
+        indices = getattr(self.criterion, "last_indices", None)
+        if not indices:
+            return
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # no trainer around (e.g. a unit test)
+            return
+        n = len(indices["final"])
+        storage.put_scalar("deta/stage2_num_pos", sum(len(i) for i, _ in indices["final"]) / n)
+        if "enc" in indices:
+            storage.put_scalar("deta/stage1_num_pos", sum(len(i) for i, _ in indices["enc"]) / n)
+
+
+class _TopkSelection:
+    """Picklable plain top-k selection with the same call signature as ``select_queries_nms``."""
+
+    def __init__(self, num_queries: int):
+        self.num_queries = num_queries
+
+    def __call__(self, objectness, boxes_unact, level_ids, level_sizes):
+        return select_queries_topk(objectness, self.num_queries)
+
+
+def build_criterion(cfg) -> SetCriterion:
+    """The loss of DETA (assigners on) or the Improved Deformable DETR baseline (Hungarian)."""
+    d = cfg.MODEL.DETA
+    s1, s2 = d.STAGE1, d.STAGE2
+    base = {"loss_ce": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT}
+    weight_dict = dict(base)
+    if d.DEEP_SUPERVISION:
+        for i in range(d.DEC_LAYERS - 1):
+            weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
+    # The encoder loss is kept without deep supervision: the official --no_aux_loss silently
+    # dropped it, leaving the first stage untrained (SPEC §15.7); we fix that deliberately.
+    weight_dict.update({f"{k}_enc": v for k, v in base.items()})
+    stage1 = stage2 = None
+    if d.ASSIGN_FIRST_STAGE:
+        stage1 = Stage1Assigner(
+            s1.IOU_THRESHOLDS,
+            s1.IOU_LABELS,
+            s1.ALLOW_LOW_QUALITY_MATCHES,
+            s1.BATCH_SIZE_PER_IMAGE,
+            s1.POSITIVE_FRACTION,
+            s1.MAX_K,
+        )
+    if d.ASSIGN_SECOND_STAGE:
+        stage2 = Stage2Assigner(
+            d.NUM_CLASSES,
+            d.NUM_QUERIES,
+            s2.IOU_THRESHOLDS,
+            s2.IOU_LABELS,
+            s2.ALLOW_LOW_QUALITY_MATCHES,
+            s2.POSITIVE_FRACTION,
+            s2.MAX_K,
+        )
+    matcher = HungarianMatcher(
+        d.COST_CLASS, d.COST_BBOX, d.COST_GIOU, d.FOCAL_LOSS_ALPHA, d.FOCAL_LOSS_GAMMA
+    )
+    return SetCriterion(
+        d.NUM_CLASSES, matcher, weight_dict, d.FOCAL_LOSS_ALPHA, d.FOCAL_LOSS_GAMMA, stage1, stage2
+    )

@@ -1,0 +1,149 @@
+"""Two-stage proposal generation and DETA's first-stage query selection (SPEC §5).
+
+Shape shorthand: ``B`` batch, ``S`` encoder tokens, ``L`` levels, ``Q`` queries.
+"""
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torchvision.ops import batched_nms, box_convert
+
+try:  # per-group NMS without the coordinate-offset trick, which perturbs IoUs near the threshold
+    from torchvision.ops.boxes import _batched_nms_vanilla as _group_nms
+except ImportError:  # pragma: no cover - older/newer torchvision
+    _group_nms = batched_nms
+
+__all__ = ["encoder_output_proposals", "select_queries_topk", "select_queries_nms"]
+
+
+def encoder_output_proposals(
+    memory: torch.Tensor,
+    padding_mask: torch.Tensor,
+    spatial_shapes: Sequence[Tuple[int, int]],
+    base_size: float = 0.05,
+    valid_range: Sequence[float] = (0.01, 0.99),
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One fixed anchor per encoder token: its pixel centre, with w = h = base_size * 2**level.
+
+    Args:
+        memory (Tensor): (B, S, C) encoder output.
+        padding_mask (Tensor): (B, S) bool, True on padding.
+        spatial_shapes: (H, W) per level.
+
+    Returns:
+        memory (Tensor): (B, S, C), zeroed at padded or invalid tokens.
+        proposals (Tensor): (B, S, 4) anchors in logit space, +inf at padded or invalid tokens.
+        level_ids (Tensor): (S,) int64 level of every token.
+    """
+    B = memory.shape[0]
+    proposals, level_ids = [], []
+    start = 0
+    for lvl, (H, W) in enumerate(spatial_shapes):
+        mask_l = padding_mask[:, start : start + H * W].view(B, H, W)
+        valid_h = torch.sum(~mask_l[:, :, 0], 1)
+        valid_w = torch.sum(~mask_l[:, 0, :], 1)
+        grid_y, grid_x = torch.meshgrid(
+            torch.linspace(0, H - 1, H, dtype=torch.float32, device=memory.device),
+            torch.linspace(0, W - 1, W, dtype=torch.float32, device=memory.device),
+            indexing="ij",
+        )
+        grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
+        # Centres are normalised by the *valid* size, so they exceed 1 inside the padding.
+        scale = torch.cat([valid_w.unsqueeze(-1), valid_h.unsqueeze(-1)], 1).view(B, 1, 1, 2)
+        grid = (grid.unsqueeze(0).expand(B, -1, -1, -1) + 0.5) / scale
+        wh = torch.ones_like(grid) * base_size * (2.0**lvl)
+        proposals.append(torch.cat((grid, wh), -1).view(B, -1, 4))
+        level_ids.append(torch.full((H * W,), lvl, dtype=torch.int64, device=memory.device))
+        start += H * W
+    proposals = torch.cat(proposals, 1)
+    lo, hi = valid_range
+    valid = ((proposals > lo) & (proposals < hi)).all(-1, keepdim=True)
+    proposals = torch.log(proposals / (1 - proposals))
+    proposals = proposals.masked_fill(padding_mask.unsqueeze(-1), float("inf"))
+    proposals = proposals.masked_fill(~valid, float("inf"))
+    memory = memory.masked_fill(padding_mask.unsqueeze(-1), 0.0).masked_fill(~valid, 0.0)
+    return memory, proposals, torch.cat(level_ids)
+
+
+def select_queries_topk(objectness: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """Plain two-stage selection: the top-Q tokens by objectness logit, (B, S) → (B, Q')."""
+    return torch.topk(objectness, min(num_queries, objectness.shape[1]), dim=1)[1]
+
+
+def _per_level_candidates(
+    scores: torch.Tensor, level_ids: torch.Tensor, num_levels: int, pre_nms_topk: int
+) -> torch.Tensor:
+    """Per level, the top-k token indices of ``score * (level == l)`` over *all* S tokens.
+
+    This reproduces the official selection exactly, quirk included (SPEC §15.1): a level with
+    fewer than k tokens is topped up with zero-score tokens of other levels (torch.topk tie
+    order), which then enter NMS under their own level and can later be picked as padding.
+    k is clamped to S (the official crashes on small inputs).
+
+    Returns:
+        Tensor: (B, L * k) token indices.
+    """
+    k = min(pre_nms_topk, scores.shape[1])
+    cands = [torch.topk(scores * (level_ids == lvl), k, dim=1)[1] for lvl in range(num_levels)]
+    return torch.cat(cands, 1)
+
+
+def _cap_per_level(keep: torch.Tensor, keep_levels: torch.Tensor, num_levels: int, q: int):
+    """At most ``q // L`` per level in score order, then top up with the best leftovers to ``q``.
+
+    ``keep`` is score-descending; the result keeps that global order (SPEC §5.4 steps 5–7).
+    """
+    per_level = q // num_levels
+    onehot = keep_levels[None] == torch.arange(num_levels, device=keep.device)[:, None]
+    chosen = (onehot & (onehot.cumsum(1) <= per_level)).any(0)
+    missing = q - int(chosen.sum())
+    if missing > 0:
+        chosen[(~chosen).nonzero().squeeze(1)[:missing]] = True
+    return keep[chosen]
+
+
+def select_queries_nms(
+    objectness: torch.Tensor,
+    boxes_unact: torch.Tensor,
+    level_ids: torch.Tensor,
+    level_sizes: List[int],
+    num_queries: int,
+    pre_nms_topk: int = 1000,
+    nms_thresh: float = 0.9,
+) -> torch.Tensor:
+    """DETA's first-stage selection: per-level top-k, per-level NMS, per-level cap (SPEC §5.4).
+
+    Args:
+        objectness (Tensor): (B, S) first-stage logit (class index 0 of the encoder head).
+        boxes_unact (Tensor): (B, S, 4) refined first-stage boxes in logit space.
+        level_ids (Tensor): (S,) level of every token.
+        level_sizes: number of tokens per level.
+
+    Returns:
+        Tensor: (B, Q') selected token indices, global score-descending order, with
+        Q' = min(num_queries, S).
+    """
+    B, S = objectness.shape
+    L = len(level_sizes)
+    q = min(num_queries, S)
+    boxes = box_convert(boxes_unact.sigmoid().float(), "cxcywh", "xyxy").clamp(0, 1)
+    cands = _per_level_candidates(objectness.sigmoid(), level_ids, L, pre_nms_topk)  # B, K
+    K = cands.shape[1]
+    image_ids = torch.arange(B, device=cands.device)[:, None].expand(B, K)
+    # One NMS call for all images: group = image * L + level keeps it per image and level.
+    groups = (image_ids * L + level_ids[cands]).reshape(-1)
+    keep = _group_nms(
+        boxes[image_ids, cands].reshape(-1, 4),
+        objectness[image_ids, cands].reshape(-1),
+        groups,
+        nms_thresh,
+    )
+    keep_image = keep // K
+    selected = []
+    for b in range(B):
+        keep_b = cands[b, keep[keep_image == b] % K]
+        if len(keep_b) < q:
+            # Too few survivors: the official falls back to the plain top-Q (same result order).
+            keep_b = torch.topk(objectness[b], q)[1]
+        selected.append(_cap_per_level(keep_b, level_ids[keep_b], L, q))
+    return torch.stack(selected)
