@@ -1,0 +1,90 @@
+"""Every shipped yaml merges into Detectron2's config and builds a model; bad values are named."""
+
+import glob
+import os
+import unittest
+
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import deta  # noqa: F401  registers DETA and the backbones
+from deta import add_deta_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
+
+
+def load(path, *opts):
+    cfg = get_cfg()
+    add_deta_config(cfg)
+    cfg.merge_from_file(path)  # yacs raises on unknown keys: catches typos in the yaml files
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return cfg
+
+
+class TestConfigs(unittest.TestCase):
+    def test_configs_exist(self):
+        names = {os.path.basename(p) for p in CONFIGS}
+        for required in (
+            "Base-DETA.yaml",
+            "deta_R_50_5scale_12ep.yaml",
+            "deta_R_50_5scale_24ep.yaml",
+            "improved_ddetr_R_50_5scale_50ep.yaml",
+            "two_stage_ddetr_R_50_4scale_50ep.yaml",
+        ):
+            self.assertIn(required, names)
+
+    def test_every_config_merges_and_builds(self):
+        for path in CONFIGS:
+            with self.subTest(config=os.path.relpath(path, REPO)):
+                cfg = load(path)
+                self.assertEqual(cfg.MODEL.META_ARCHITECTURE, "DETA")
+                model = build_model(cfg)
+                n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                self.assertGreater(n, 0)
+                del model
+
+    def test_deta_r50_parameter_count(self):
+        """The official model prints 48.2 M trainable parameters (91 classes)."""
+        path = os.path.join(REPO, "configs", "deta_R_50_5scale_12ep.yaml")
+        model = build_model(load(path, "MODEL.DETA.NUM_CLASSES", 91))
+        unique = {id(p): p for p in model.parameters() if p.requires_grad}
+        n = sum(p.numel() for p in unique.values())
+        self.assertAlmostEqual(n / 1e6, 48.2, delta=0.05)
+
+
+class TestConfigErrors(unittest.TestCase):
+    def _build(self, *opts):
+        return build_model(load(os.path.join(REPO, "configs", "Base-DETA.yaml"), *opts))
+
+    def test_messages_name_the_key(self):
+        cases = [
+            (("MODEL.DETA.HIDDEN_DIM", 250), "MODEL.DETA.HIDDEN_DIM"),
+            (("MODEL.DETA.NUM_FEATURE_LEVELS", 2), "MODEL.DETA.NUM_FEATURE_LEVELS"),
+            (("MODEL.DETA.STAGE1.IOU_LABELS", [0, 1]), "MODEL.DETA.STAGE1.IOU_LABELS"),
+            (("MODEL.DETA.MSDA_IMPL", "triton"), "MODEL.DETA.MSDA_IMPL"),
+            (("MODEL.DETA.IN_FEATURES", ["res3", "res6"]), "MODEL.DETA.IN_FEATURES"),
+            (("MODEL.DETA.TWO_STAGE", False), "MODEL.DETA.TWO_STAGE"),
+        ]
+        for opts, key in cases:
+            with self.subTest(key=key):
+                with self.assertRaises(ValueError) as ctx:
+                    self._build(*opts)
+                self.assertIn(key, str(ctx.exception))
+
+    def test_unknown_key_is_rejected(self):
+        # yacs reports unknown keys with an AssertionError that names the full key.
+        with self.assertRaises(AssertionError) as ctx:
+            load(os.path.join(REPO, "configs", "Base-DETA.yaml"), "MODEL.DETA.NUM_QUERY", 10)
+        self.assertIn("MODEL.DETA.NUM_QUERY", str(ctx.exception))
+
+    def test_wrong_type_is_rejected(self):
+        with self.assertRaises(ValueError):
+            load(os.path.join(REPO, "configs", "Base-DETA.yaml"), "MODEL.DETA.NUM_QUERIES", "many")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    unittest.main()
