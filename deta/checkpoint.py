@@ -18,6 +18,8 @@ __all__ = [
     "COCO_CATEGORY_IDS",
     "ConversionError",
     "convert_official_state_dict",
+    "convert_swin_classification",
+    "convert_torchvision_resnet",
     "load_official_checkpoint",
     "check_against_model",
     "save_atomic",
@@ -64,7 +66,9 @@ def load_official_checkpoint(path: str) -> Dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several types for corrupt files
-        raise ConversionError(f"{path!r} is not a readable torch checkpoint: {e}") from e
+        lines = [ln for ln in str(e).splitlines() if ln.strip() and "documentation" not in ln]
+        reason = lines[-1] if lines else type(e).__name__
+        raise ConversionError(f"{path!r} is not a readable torch checkpoint ({reason})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         keys = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ConversionError(
@@ -148,6 +152,40 @@ def convert_official_state_dict(
         )
     if slice_coco_classes:
         _slice_classes(out, _num_decoder_layers(out))
+    return out
+
+
+def convert_torchvision_resnet(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """torchvision ResNet ImageNet weights → Detectron2 ``backbone.*`` keys (``fc`` dropped)."""
+    out, unknown = {}, []
+    for key, value in state.items():
+        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+            continue
+        new = _rename_resnet("backbone.0.body." + key)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    if unknown or not out:
+        raise ConversionError(f"not a torchvision ResNet state dict; unknown keys: {unknown[:20]}")
+    return out
+
+
+def convert_swin_classification(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Microsoft Swin ImageNet classification weights → ``backbone.*`` keys.
+
+    The classifier (``head.*``), the final ``norm.*`` and the stored shifted-window ``attn_mask``
+    buffers are dropped, as the official DETA's non-strict load ignores them; ``norm1/2/3`` of the
+    detection outputs stay at their initialisation.
+    """
+    state = state.get("model", state)
+    out = {}
+    for key, value in state.items():
+        if key.startswith(("head.", "norm.")) or key.endswith("attn_mask"):
+            continue
+        if not key.startswith(("patch_embed.", "layers.", "absolute_pos_embed")):
+            raise ConversionError(f"not a Swin classification checkpoint: unexpected key {key!r}")
+        out["backbone." + key] = value
     return out
 
 

@@ -1,0 +1,216 @@
+"""Official checkpoint conversion: layouts, planted values, errors, atomic writes, fine-tuning."""
+
+import argparse
+import os
+import re
+import tempfile
+import unittest
+
+import torch
+import torchvision
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+import deta  # noqa: F401
+from deta.checkpoint import (
+    COCO_CATEGORY_IDS,
+    ConversionError,
+    convert_official_state_dict,
+    convert_torchvision_resnet,
+    load_official_checkpoint,
+)
+from tools import convert_official_checkpoint as tool
+
+from .modeling.golden import WEIGHTS, golden_cfg, require_golden
+from .modeling.tiny import tiny_batch
+from .test_config import REPO, load
+
+_TO_OFFICIAL_BLOCK = {"shortcut": "downsample.0", "shortcut.norm": "downsample.1"}
+
+
+def to_official_layout(state):
+    """This project's keys → the official ones (inverse of the converter), for building inputs."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("backbone.stem.conv1.norm."):
+            new = "backbone.0.body.bn1." + key.split(".")[-1]
+        elif key.startswith("backbone.stem.conv1."):
+            new = "backbone.0.body.conv1." + key.split(".")[-1]
+        elif m := re.match(r"^backbone\.res(\d)\.(\d+)\.(.+)\.(\w+)$", key):
+            stage, block, module, leaf = m.groups()
+            if module in _TO_OFFICIAL_BLOCK:
+                module = _TO_OFFICIAL_BLOCK[module]
+            elif module.endswith(".norm"):
+                module = "bn" + module[len("conv") : -len(".norm")]
+            new = f"backbone.0.body.layer{int(stage) - 1}.{block}.{module}.{leaf}"
+        elif key.startswith("backbone."):
+            new = "backbone.0.body." + key[len("backbone.") :]
+        else:
+            new = key
+        out[new] = torch.randn_like(value) if value.is_floating_point() else value
+    return out
+
+
+def _config(name):
+    return os.path.join(REPO, "configs", name)
+
+
+class TestOfficialLayouts(unittest.TestCase):
+    def _roundtrip(self, config, num_classes, slice_coco, expected_keys=None):
+        model = build_model(load(_config(config), "MODEL.DETA.NUM_CLASSES", num_classes))
+        official = to_official_layout(model.state_dict())
+        if expected_keys is not None:
+            self.assertEqual(len(official), expected_keys)
+        # Plant a value in an official key and find it in the converted model.
+        planted = "transformer.decoder.layers.0.cross_attn.sampling_offsets.bias"
+        official[planted] = torch.arange(official[planted].numel(), dtype=torch.float32)
+        converted = convert_official_state_dict(official, slice_coco_classes=slice_coco)
+        target = build_model(
+            load(_config(config), "MODEL.DETA.NUM_CLASSES", 80 if slice_coco else num_classes)
+        )
+        result = target.load_state_dict(converted, strict=True)
+        self.assertEqual((result.missing_keys, result.unexpected_keys), ([], []))
+        got = target.transformer.decoder.layers[0].cross_attn.sampling_offsets.bias
+        torch.testing.assert_close(got, official[planted])
+        return official, target
+
+    def test_resnet50_91_classes_sliced_to_80(self):
+        official, model = self._roundtrip("deta_R_50_5scale_12ep.yaml", 91, True, expected_keys=638)
+        # Backbone rename: torchvision layer1.0.bn2 -> Detectron2 res2.0.conv2.norm
+        torch.testing.assert_close(
+            model.backbone.res2[0].conv2.norm.running_var,
+            official["backbone.0.body.layer1.0.bn2.running_var"],
+        )
+        ids = torch.as_tensor(COCO_CATEGORY_IDS)
+        torch.testing.assert_close(
+            model.class_embed[0].weight, official["class_embed.0.weight"][ids]
+        )
+        # The first-stage head (index 6) keeps row 0, the objectness logit.
+        torch.testing.assert_close(model.class_embed[6].bias[0], official["class_embed.6.bias"][0])
+        # The decoder aliases are the same tensors.
+        self.assertIs(model.transformer.decoder.class_embed[3], model.class_embed[3])
+        model.eval()
+        with torch.no_grad():
+            self.assertEqual(len(model(tiny_batch())), 2)
+
+    def test_resnet50_keep_91(self):
+        self._roundtrip("deta_R_50_5scale_12ep.yaml", 91, False)
+
+    def test_swin_large_366_classes(self):
+        official, model = self._roundtrip("deta_swin_L_5scale_o365_24ep.yaml", 366, False)
+        self.assertEqual(model.class_embed[0].weight.shape[0], 366)
+        key = "backbone.0.body.layers.2.blocks.17.attn.relative_position_bias_table"
+        self.assertEqual(tuple(official[key].shape), (529, 24))
+
+
+class TestConverterErrors(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.out = os.path.join(self.tmp.name, "out.pth")
+
+    def _run(self, source, *opts):
+        return tool.main(["--source", source, "--output", self.out, *opts])
+
+    def test_corrupted_file(self):
+        bad = os.path.join(self.tmp.name, "bad.pth")
+        with open(bad, "wb") as f:
+            f.write(b"\x80\x02not a checkpoint")
+        with self.assertRaises(ConversionError) as ctx:
+            load_official_checkpoint(bad)
+        self.assertIn("bad.pth", str(ctx.exception))
+        self.assertEqual(self._run(bad), 1)
+        self.assertFalse(os.path.exists(self.out))
+
+    def test_file_from_another_model(self):
+        other = os.path.join(self.tmp.name, "resnet.pth")
+        torch.save({"model": torchvision.models.resnet18().state_dict()}, other)
+        with self.assertRaises(ConversionError) as ctx:
+            convert_official_state_dict(load_official_checkpoint(other)["model"])
+        self.assertIn("unknown backbone", str(ctx.exception))
+        self.assertEqual(self._run(other), 1)
+        self.assertFalse(os.path.exists(self.out))
+
+    def test_missing_keys_are_listed(self):
+        model = build_model(
+            load(_config("deta_R_50_5scale_12ep.yaml"), "MODEL.DETA.NUM_CLASSES", 91)
+        )
+        official = to_official_layout(model.state_dict())
+        del official["transformer.level_embed"]
+        path = os.path.join(self.tmp.name, "partial.pth")
+        torch.save({"model": official, "args": argparse.Namespace(lr=2e-4), "epoch": 11}, path)
+        with self.assertRaises(ConversionError) as ctx:
+            tool.convert(tool.parse_args(["--source", path, "--output", self.out]))
+        self.assertIn("transformer.level_embed", str(ctx.exception))
+        self.assertEqual(self._run(path), 1)
+        self.assertFalse(os.path.exists(self.out))
+
+    def test_torchvision_backbone(self):
+        state = torchvision.models.resnet50().state_dict()
+        converted = convert_torchvision_resnet(state)
+        model = build_model(load(_config("deta_R_50_5scale_12ep.yaml")))
+        backbone_keys = {k for k in model.state_dict() if k.startswith("backbone.")}
+        self.assertEqual(set(converted), backbone_keys)
+
+
+class TestGoldenCheckpointTool(unittest.TestCase):
+    """The genuine official file (args stored as a dict) through the command-line tool."""
+
+    def test_convert_and_load(self):
+        require_golden(self)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "golden80.pth")
+            small = [
+                "MODEL.DETA.ENC_LAYERS",
+                "2",
+                "MODEL.DETA.DEC_LAYERS",
+                "2",
+                "MODEL.DETA.DIM_FEEDFORWARD",
+                "512",
+                "MODEL.DETA.NUM_QUERIES",
+                "300",
+            ]
+            self.assertEqual(tool.main(["--source", WEIGHTS, "--output", out, *small]), 0)
+            cfg = golden_cfg("MODEL.DETA.NUM_CLASSES", 80)
+            model = build_model(cfg)
+            ckpt = DetectionCheckpointer(model)._load_file(out)
+            result = model.load_state_dict(ckpt["model"], strict=False)
+            self.assertEqual((result.missing_keys, result.unexpected_keys), ([], []))
+
+    def test_finetune_to_new_classes(self):
+        """An 80-class checkpoint into a 4-class config: class heads re-initialised, rest kept."""
+        require_golden(self)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "golden80.pth")
+            small = [
+                "MODEL.DETA.ENC_LAYERS",
+                "2",
+                "MODEL.DETA.DEC_LAYERS",
+                "2",
+                "MODEL.DETA.DIM_FEEDFORWARD",
+                "512",
+                "MODEL.DETA.NUM_QUERIES",
+                "300",
+            ]
+            self.assertEqual(tool.main(["--source", WEIGHTS, "--output", out, *small]), 0)
+            model = build_model(
+                golden_cfg("MODEL.DETA.NUM_CLASSES", 4, "MODEL.DETA.MSDA_IMPL", "auto")
+            )
+            DetectionCheckpointer(model).resume_or_load(out, resume=False)
+            self.assertEqual(tuple(model.class_embed[0].weight.shape), (4, 256))
+            prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
+            torch.testing.assert_close(model.class_embed[0].bias, prior.expand(4))
+            converted = torch.load(out, weights_only=True)["model"]
+            torch.testing.assert_close(
+                model.transformer.level_embed, converted["transformer.level_embed"]
+            )
+            model.train()
+            batch = tiny_batch(sizes=((128, 160), (96, 128)), boxes_per_image=(2, 1), num_classes=4)
+            losses = model(batch)
+            sum(losses.values()).backward()
+            self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
+
+
+if __name__ == "__main__":
+    unittest.main()

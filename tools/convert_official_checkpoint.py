@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Convert an official DETA checkpoint (jozhang97/DETA ``.pth``) for this project.
+
+    python tools/convert_official_checkpoint.py --source adet_checkpoint0011.pth \\
+        --output deta_R_50_5scale_12ep.pth [--config configs/deta_R_50_5scale_12ep.yaml]
+
+The result loads with ``DetectionCheckpointer`` (``MODEL.WEIGHTS deta.pth``) with zero missing and
+zero unexpected keys: the conversion is checked against the model built from ``--config`` before
+anything is written, and the file is written atomically (temporary file, then rename).
+
+Class heads: a 91-way COCO head (raw category ids) is sliced to Detectron2's 80 contiguous classes
+unless ``--keep-coco-ids``; the first-stage head keeps its objectness logit (index 0). Other sizes
+(e.g. 366 for the Objects365 checkpoint) are kept as they are.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import deta  # noqa: F401  registers DETA and its backbones
+from deta import add_deta_config
+from deta.checkpoint import (
+    ConversionError,
+    check_against_model,
+    convert_official_state_dict,
+    load_official_checkpoint,
+    save_atomic,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIGS = {
+    "resnet": os.path.join(REPO, "configs", "deta_R_50_5scale_12ep.yaml"),
+    "swin": os.path.join(REPO, "configs", "deta_swin_L_5scale_24ep.yaml"),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", required=True, help="official checkpoint (.pth)")
+    p.add_argument("--output", required=True, help="converted checkpoint to write")
+    p.add_argument(
+        "--config",
+        help="config whose model must accept the result "
+        "(default: the 12-epoch R-50 or the Swin-L COCO config, by backbone)",
+    )
+    p.add_argument(
+        "--keep-coco-ids",
+        action="store_true",
+        help="keep 91-way heads indexed by raw COCO ids (sets NUM_CLASSES 91)",
+    )
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides KEY VALUE ...")
+    return p.parse_args(argv)
+
+
+def num_classes_of(state):
+    return state["class_embed.0.weight"].shape[0] if "class_embed.0.weight" in state else None
+
+
+def convert(args) -> dict:
+    """Load, convert and validate; returns the checkpoint dict that would be written."""
+    ckpt = load_official_checkpoint(args.source)
+    official = ckpt["model"]
+    classes = num_classes_of(official)
+    slice_coco = classes == 91 and not args.keep_coco_ids
+    state = convert_official_state_dict(official, slice_coco_classes=slice_coco)
+    backbone = "swin" if any(k.startswith("backbone.patch_embed") for k in state) else "resnet"
+    cfg = get_cfg()
+    add_deta_config(cfg)
+    cfg.merge_from_file(args.config or DEFAULT_CONFIGS[backbone])
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.DETA.NUM_CLASSES", num_classes_of(state)])
+    cfg.merge_from_list(args.opts or [])
+    model = build_model(cfg)
+    check_against_model(state, model)
+    epoch = ckpt.get("epoch")
+    return {
+        "model": state,
+        "__author__": "deta/tools/convert_official_checkpoint.py",
+        "official_epoch": epoch,
+        "source": os.path.basename(args.source),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        out = convert(args)
+    except (ConversionError, FileNotFoundError) as e:
+        print(f"convert_official_checkpoint: {e}", file=sys.stderr)
+        return 1
+    save_atomic(out, args.output)
+    print(
+        f"wrote {args.output}: {len(out['model'])} tensors, "
+        f"{num_classes_of(out['model'])} classes, loads with 0 missing / 0 unexpected keys"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())
