@@ -6,6 +6,12 @@ Training (SPEC §10.4): horizontal flip with p 0.5, then with p 0.5 either
 ``DetrResize([MIN_SIZE_TEST], MAX_SIZE_TEST)``. Crowd annotations are dropped, boxes are clipped
 and empty boxes removed, and images left with no boxes are kept (SPEC §15 item 13). Batching,
 padding and normalisation happen in the model.
+
+Bad data stops with an error naming the image file and id (and the annotation id): an unreadable
+or missing file, a size that differs from the dataset dict, a NaN/Inf box, a negative box size or
+a category id out of range (``deta/data/validation.py``). Any other exception raised while mapping
+is re-raised as :class:`DatasetMapperError` naming the image, so a data-loader worker crash says
+which image caused it.
 """
 
 import copy
@@ -21,8 +27,18 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from .transforms import DetrResize, RandomSelect, RandomSizeCrop
+from .validation import (
+    ERROR,
+    PROBLEM_KINDS,
+    DatasetError,
+    annotation_location,
+    check_bbox,
+    check_image_size,
+    image_location,
+    open_image,
+)
 
-__all__ = ["DetaDatasetMapper", "build_deta_augmentations"]
+__all__ = ["DatasetMapperError", "DetaDatasetMapper", "build_deta_augmentations"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +101,10 @@ def build_deta_augmentations(
     return augmentation, augmentation_with_crop
 
 
+class DatasetMapperError(RuntimeError):
+    """An unexpected exception while mapping one image, re-raised with the image named."""
+
+
 class DetaDatasetMapper:
     """Map one Detectron2 dataset dict to the inputs of the DETA meta-architecture.
 
@@ -97,6 +117,9 @@ class DetaDatasetMapper:
     ``augmentation_with_crop`` with probability 0.5 each (official ``RandomSelect``). The official
     pipeline flips before choosing, and both lists here start with the flip; the flip and the
     choice are independent draws, so the joint distribution is the same.
+
+    16-bit images are scaled to 8 bits (Detectron2's ``read_image`` clips them) and EXIF
+    orientation is applied as in Detectron2; see :func:`deta.data.validation.open_image`.
     """
 
     @configurable
@@ -107,6 +130,7 @@ class DetaDatasetMapper:
         augmentation: List[T.Augmentation],
         augmentation_with_crop: Optional[List[T.Augmentation]] = None,
         image_format: str = "RGB",
+        num_classes: Optional[int] = None,
     ):
         """
         Args:
@@ -115,9 +139,12 @@ class DetaDatasetMapper:
             augmentation_with_crop (list[Augmentation], optional): the alternative crop branch,
                 chosen half of the time in training; ignored at test time.
             image_format (str): image format for ``read_image``, e.g. "RGB" or "BGR".
+            num_classes (int, optional): training category ids must lie in ``[0, num_classes)``;
+                a larger one would otherwise index past the classifier in the loss.
         """
         self.is_train = is_train
         self.image_format = image_format
+        self.num_classes = num_classes
         if is_train and augmentation_with_crop is not None:
             self.augmentations = T.AugmentationList(
                 [RandomSelect(augmentation, augmentation_with_crop, prob=0.5)]
@@ -135,17 +162,34 @@ class DetaDatasetMapper:
             "augmentation": augmentation,
             "augmentation_with_crop": augmentation_with_crop,
             "image_format": cfg.INPUT.FORMAT,
+            "num_classes": cfg.MODEL.get("DETA", {}).get("NUM_CLASSES"),
         }
 
     def _read_image(self, dataset_dict: Dict[str, Any]) -> np.ndarray:
-        file_name = dataset_dict["file_name"]
-        where = f"image {file_name!r} (image_id={dataset_dict.get('image_id')})"
-        try:
-            return utils.read_image(file_name, format=self.image_format)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"DetaDatasetMapper: {where} does not exist") from e
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-            raise OSError(f"DetaDatasetMapper: cannot read {where}: {e}") from e
+        loaded = open_image(dataset_dict["file_name"], dataset_dict.get("image_id"))
+        check_image_size(dataset_dict, loaded)
+        return utils.convert_PIL_to_numpy(loaded.image, self.image_format)
+
+    def _check_annotations(self, annotations: List[Any], dataset_dict: Dict[str, Any]) -> None:
+        file_name, image_id = dataset_dict["file_name"], dataset_dict.get("image_id")
+        for index, ann in enumerate(annotations):
+            if not isinstance(ann, dict) or "bbox" not in ann or "bbox_mode" not in ann:
+                where = annotation_location(ann, index, file_name, image_id)
+                raise DatasetError(f"{where} needs 'bbox' and 'bbox_mode': {ann!r:.200}")
+            problem = check_bbox(ann["bbox"], ann["bbox_mode"])
+            # Zero-size boxes are only warnings: they are dropped below with the clipped ones.
+            if problem is not None and PROBLEM_KINDS[problem[0]][0] == ERROR:
+                where = annotation_location(ann, index, file_name, image_id)
+                raise DatasetError(f"{where}: {problem[1]}. Fix or remove this annotation")
+            cat = ann.get("category_id")
+            valid = isinstance(cat, (int, np.integer)) and not isinstance(cat, bool) and cat >= 0
+            if not valid or (self.num_classes is not None and cat >= self.num_classes):
+                where = annotation_location(ann, index, file_name, image_id)
+                limit = "" if self.num_classes is None else f" below NUM_CLASSES={self.num_classes}"
+                raise DatasetError(
+                    f"{where}: category_id={cat!r} is not a contiguous class id{limit}. Check the "
+                    "dataset's categories and MODEL.DETA.NUM_CLASSES"
+                )
 
     @staticmethod
     def _annotations_to_instances(
@@ -180,11 +224,31 @@ class DetaDatasetMapper:
 
         Returns:
             dict: the mapped copy, see the class docstring.
+
+        Raises:
+            FileNotFoundError, ImageReadError: the image file is missing or unreadable.
+            SizeMismatchError: the image size differs from ``width``/``height``.
+            DatasetError: an annotation cannot be trained on.
+            DatasetMapperError: anything else failed; the original is chained as ``__cause__``.
         """
+        try:
+            return self._map(dataset_dict)
+        except Exception as e:
+            file_name = str(dataset_dict.get("file_name"))
+            if file_name in str(e):  # our own errors already name the image
+                raise
+            where = image_location(file_name, dataset_dict.get("image_id"))
+            raise DatasetMapperError(
+                f"DetaDatasetMapper failed on {where}: {type(e).__name__}: {e}"
+            ) from e
+
+    def _map(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)  # the caller's dict must stay untouched
         image = self._read_image(dataset_dict)
-        utils.check_image_size(dataset_dict, image)
         original_hw = image.shape[:2]
+        annotations = dataset_dict.pop("annotations", [])
+        if self.is_train:
+            self._check_annotations(annotations, dataset_dict)
 
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
@@ -192,7 +256,6 @@ class DetaDatasetMapper:
         image_hw = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
-        annotations = dataset_dict.pop("annotations", [])
         if self.is_train:
             dataset_dict["instances"] = self._annotations_to_instances(
                 annotations, transforms, original_hw, image_hw
