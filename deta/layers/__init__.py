@@ -1,0 +1,22 @@
+"""Layers of DETA: multi-scale deformable attention (module, op and its implementations)."""
+
+from .ms_deform_attn import MSDeformAttn, MultiScaleDeformableAttention
+from .ms_deform_attn_func import (
+    get_msda_impl,
+    has_cpp_ext,
+    has_cuda_ext,
+    ms_deform_attn,
+    ms_deform_attn_pytorch,
+    set_msda_impl,
+)
+
+__all__ = [
+    "MSDeformAttn",
+    "MultiScaleDeformableAttention",
+    "get_msda_impl",
+    "has_cpp_ext",
+    "has_cuda_ext",
+    "ms_deform_attn",
+    "ms_deform_attn_pytorch",
+    "set_msda_impl",
+]
