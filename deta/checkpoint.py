@@ -1,4 +1,4 @@
-"""Official DETA checkpoints (jozhang97/DETA) → this project's layout (SPEC §12).
+"""Official DETA checkpoints (jozhang97/DETA) → this project's layout.
 
 Only the backbone is renamed: the transformer, heads and input projections already use the
 official names, including the ``transformer.decoder.{class,bbox}_embed`` aliases of the shared

@@ -1,7 +1,7 @@
 """``add_deta_config``: every DETA hyper-parameter as a yacs key.
 
 Keys carry the official ``main.py`` flag (or the hard-coded constant they replace) in brackets.
-Defaults are those of the official ``configs/deta.sh`` (DETA R-50, 12 epochs), SPEC §0.
+Defaults are those of the official ``configs/deta.sh`` (DETA R-50, 12 epochs).
 """
 
 from detectron2.config import CfgNode as CN

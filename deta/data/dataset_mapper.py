@@ -1,10 +1,10 @@
 """``DetaDatasetMapper``: Detectron2 dataset dicts -> model inputs with the official augmentation.
 
-Training (SPEC §10.4): horizontal flip with p 0.5, then with p 0.5 either
+Training: horizontal flip with p 0.5, then with p 0.5 either
 ``DetrResize(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN)`` or ``DetrResize(CROP.PRE_RESIZE_SIZES)`` ->
 ``RandomSizeCrop(*CROP.SIZE)`` -> ``DetrResize(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN)``. Test:
 ``DetrResize([MIN_SIZE_TEST], MAX_SIZE_TEST)``. Crowd annotations are dropped, boxes are clipped
-and empty boxes removed, and images left with no boxes are kept (SPEC §15 item 13). Batching,
+and empty boxes removed, and images left with no boxes are kept. Batching,
 padding and normalisation happen in the model.
 
 Bad data stops with an error naming the image file and id (and the annotation id): an unreadable

@@ -1,7 +1,7 @@
 """The official DETA/DETR training augmentations as Detectron2 ``Augmentation`` s.
 
 They follow the official ``datasets/transforms.py`` (inherited from DETR) draw for draw in
-distribution, and reproduce its output sizes exactly (SPEC §10.4, §15 item 12):
+distribution, and reproduce its output sizes exactly:
 
 * :class:`DetrResize` is ``RandomResize``: the long side is truncated, not rounded, so a 640x480
   image at scale 800 becomes 1066x800 (Detectron2's ``ResizeShortestEdge`` gives 1067x800).

@@ -1,5 +1,5 @@
 """``MSDeformAttn``: the multi-scale deformable attention module of Deformable DETR
-(arXiv:2010.04159) as used by DETA (arXiv:2212.06137), SPEC §4.1-4.3.
+(arXiv:2010.04159) as used by DETA (arXiv:2212.06137).
 
 Shape shorthand: ``N`` batch, ``Lq`` queries, ``S = sum_l H_l * W_l`` value positions, ``M``
 heads, ``D = d_model / M`` channels per head, ``L`` levels, ``P`` points per level.
@@ -75,7 +75,7 @@ class MSDeformAttn(nn.Module):
 
     @torch.no_grad()
     def _reset_parameters(self) -> None:
-        """SPEC §4.2. Offsets start on a fixed grid: head m looks along direction
+        """Offsets start on a fixed grid: head m looks along direction
         θ_m = m·2π/M scaled onto the unit square, point p at (p + 1) times that step; attention
         starts uniform. Runs again after the transformer-wide xavier init, overriding it."""
         nn.init.constant_(self.sampling_offsets.weight, 0.0)
@@ -100,7 +100,7 @@ class MSDeformAttn(nn.Module):
         offsets: torch.Tensor,
         spatial_shapes: torch.Tensor,
     ) -> torch.Tensor:
-        """(N, Lq, M, L, P, 2) locations from references and raw offsets, SPEC §4.3 step 4."""
+        """(N, Lq, M, L, P, 2) locations from references and raw offsets."""
         if reference_points.shape[-1] == 2:
             # Offsets are in pixels of each level: divide x by W_l and y by H_l.
             normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)

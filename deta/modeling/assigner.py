@@ -24,8 +24,8 @@ def sample_topk_per_gt(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Keep, per ground truth g with c_g positives, its top-min(c_g, k) predictions by IoU.
 
-    The top-k is taken over *all* predictions, not only those matched to g (official behaviour,
-    SPEC §8.3): pairs come out ordered by GT id, then IoU descending.
+    The top-k is taken over *all* predictions, not only those matched to g (official behaviour):
+    pairs come out ordered by GT id, then IoU descending.
 
     Args:
         pr_inds, gt_inds (Tensor): (P,) matched prediction / GT index pairs.

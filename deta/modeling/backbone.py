@@ -1,5 +1,5 @@
 """Multi-level inputs of the transformer: backbone features, their padding masks, the input
-projections (1×1 conv + GN, plus extra stride-2 3×3 levels) and sine position encodings (SPEC §1–2).
+projections (1×1 conv + GN, plus extra stride-2 3×3 levels) and sine position encodings.
 """
 
 from typing import Dict, List, Tuple

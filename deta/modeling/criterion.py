@@ -1,6 +1,6 @@
 """DETA's set criterion: sigmoid focal + L1 + GIoU on the final, auxiliary and encoder outputs.
 
-Every term is normalised by the number of ground-truth boxes averaged across ranks (SPEC §8.1),
+Every term is normalised by the number of ground-truth boxes averaged across ranks,
 not by the number of positives.
 """
 

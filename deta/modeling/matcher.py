@@ -1,4 +1,4 @@
-"""One-to-one Hungarian matching, used when DETA's IoU assignment is switched off (SPEC §8.2).
+"""One-to-one Hungarian matching, used when DETA's IoU assignment is switched off.
 
 This is the Improved Deformable DETR baseline's matcher: focal class cost, L1 and GIoU box costs.
 """

@@ -12,7 +12,7 @@ __all__ = ["PositionEmbeddingSine", "box_sine_embedding"]
 
 
 def _frequencies(num_feats: int, temperature: float, device: torch.device) -> torch.Tensor:
-    # Channel pairs (2j, 2j+1) share one frequency temperature^(2j / num_feats) (SPEC §1.5 step 4).
+    # Channel pairs (2j, 2j+1) share one frequency temperature^(2j / num_feats).
     dim_t = torch.arange(num_feats, dtype=torch.float32, device=device)
     return temperature ** (2 * (dim_t // 2) / num_feats)
 
@@ -23,7 +23,7 @@ def _interleave_sin_cos(x: torch.Tensor) -> torch.Tensor:
 
 
 class PositionEmbeddingSine(nn.Module):
-    """Normalised 2-d sine encoding of a padding mask (SPEC §1.5); y channels first, then x."""
+    """Normalised 2-d sine encoding of a padding mask; y channels first, then x."""
 
     def __init__(
         self,
@@ -67,7 +67,7 @@ class PositionEmbeddingSine(nn.Module):
 def box_sine_embedding(
     coords_unact: torch.Tensor, num_feats: int = 128, temperature: float = 10000.0
 ) -> torch.Tensor:
-    """Sine embedding of boxes given in logit space (SPEC §5.5).
+    """Sine embedding of boxes given in logit space.
 
     Args:
         coords_unact (Tensor): (B, Q, 4) un-activated (cx, cy, w, h).

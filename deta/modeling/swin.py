@@ -1,8 +1,8 @@
-"""Swin Transformer backbone of the official DETA Swin-L model (SPEC §1.3), as a Detectron2
+"""Swin Transformer backbone of the official DETA Swin-L model, as a Detectron2
 ``Backbone``.
 
 Numerically follows the official ``models/swin.py`` (the detection variant of Swin) at any input
-size, which timm's classification ``SwinTransformer`` does not (SPEC §1.3): the patch embedding
+size, which timm's classification ``SwinTransformer`` does not: the patch embedding
 zero-pads the image to a multiple of the patch size, each block pads its normalised tokens to a
 multiple of the window *before* the cyclic shift, and the shifted-window mask is built for that
 padded size on every forward. Module names equal the official ones after stripping
@@ -91,7 +91,7 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window - 1) ** 2, num_heads)
         )
-        # Persistent, as in the official model: checkpoints carry it (SPEC §12.3).
+        # Persistent, as in the official model: checkpoints carry it.
         self.register_buffer("relative_position_index", relative_position_index(window))
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -265,7 +265,7 @@ class PatchEmbed(nn.Module):
 
 
 class SwinTransformer(Backbone):
-    """Swin Transformer backbone with the official detection semantics (SPEC §1.3).
+    """Swin Transformer backbone with the official detection semantics.
 
     Stage ``i`` has ``embed_dim * 2**i`` channels and stride ``patch_size * 2**i`` and is output
     as ``res{i+2}`` after its own LayerNorm ``norm{i}`` (applied before the stage's

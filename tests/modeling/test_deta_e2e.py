@@ -109,7 +109,7 @@ class TestDetaEndToEnd(unittest.TestCase):
 
 
 class TestRobustness(unittest.TestCase):
-    """Settings that crash the official code (SPEC §15): few classes, queries, tokens."""
+    """Settings that crash the official code: few classes, queries, tokens."""
 
     def _run(self, *opts, sizes=((96, 128), (80, 112))):
         torch.manual_seed(0)
