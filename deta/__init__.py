@@ -12,5 +12,6 @@ from . import modeling as _modeling  # noqa: F401  only registration of META_ARC
 from .config import add_deta_config
 from .data import DetaDatasetMapper
 from .modeling import DETA
+from .solver import build_deta_optimizer
 
-__all__ = ["DETA", "DetaDatasetMapper", "add_deta_config", "__version__"]
+__all__ = ["DETA", "DetaDatasetMapper", "add_deta_config", "build_deta_optimizer", "__version__"]

@@ -2,10 +2,11 @@
 """Picture of the method: which decoder queries each ground truth supervises.
 
 For one image, the left panel shows Hungarian matching (one-to-one: each ground truth gets exactly
-one query, the baseline's assignment) and the right panel DETA's stage-2 IoU assignment
+one query, the baseline's assignment) and the middle panel DETA's stage-2 IoU assignment
 (many-to-one: every query whose *input* box overlaps a ground truth by IoU >= 0.6, at most 4 per
-ground truth). Ground truths are thick boxes; the queries assigned to them are thin boxes of the
-same colour, linked to their ground truth's centre; unassigned queries are not drawn.
+ground truth); a third panel shows stage 1, the encoder anchors assigned to each ground truth.
+Ground truths are thick boxes; the queries assigned to them are thin boxes of the same colour,
+linked to their ground truth's centre; unassigned queries are not drawn.
 
     python tools/visualize_assignment.py --output output/assignment.png \\
         MODEL.WEIGHTS output/demo/model/model_final.pth
@@ -77,7 +78,7 @@ def _draw(ax, image, gt_xyxy, query_boxes, indices, size, title):
                 )
             )
             ax.plot([cx, (box[0] + box[2]) / 2], [cy, (box[1] + box[3]) / 2], color=c, lw=0.8)
-    ax.set_title(f"{title}: {len(pred)} queries for {len(gt_xyxy)} objects", fontsize=9)
+    ax.set_title(f"{title}: {len(pred)} for {len(gt_xyxy)} objects", fontsize=9)
     ax.axis("off")
 
 
@@ -115,10 +116,15 @@ def main(argv=None) -> None:
                 "the config has MODEL.DETA.ASSIGN_SECOND_STAGE False: nothing to compare"
             )
         iou_assign = stage2(final, [targets])[0]
+        stage1 = model.criterion.stage1_assigner
+        bin_targets = [dict(targets, labels=torch.zeros_like(targets["labels"]))]
+        anchors = out["enc_outputs"]["anchors"]
+        anchor_assign = stage1({"anchors": anchors}, bin_targets)[0] if stage1 else None
     image = item["image"].permute(1, 2, 0).numpy()
     if cfg.INPUT.FORMAT == "BGR":
         image = image[:, :, ::-1]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.2))
+    panels = 3 if anchor_assign is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 5.2))
     _draw(
         axes[0],
         image,
@@ -126,7 +132,7 @@ def main(argv=None) -> None:
         final["pred_boxes"][0],
         hungarian,
         size,
-        "Hungarian (one-to-one), predicted boxes",
+        "Hungarian, one-to-one\n(predicted boxes)",
     )
     _draw(
         axes[1],
@@ -135,8 +141,18 @@ def main(argv=None) -> None:
         final["init_reference"][0],
         iou_assign,
         size,
-        "DETA IoU assignment (many-to-one), query input boxes",
+        "DETA stage 2, IoU >= 0.6\n(query input boxes)",
     )
+    if anchor_assign is not None:
+        _draw(
+            axes[2],
+            image,
+            gt_xyxy,
+            anchors[0],
+            anchor_assign,
+            size,
+            "DETA stage 1, IoU >= 0.7 or best\n(encoder anchors)",
+        )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     fig.savefig(args.output, dpi=110)

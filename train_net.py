@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Train and evaluate DETA ("NMS Strikes Back", arXiv:2212.06137) with Detectron2.
+
+Examples::
+
+    python train_net.py --config-file configs/deta_R_50_5scale_12ep.yaml --num-gpus 8
+    python train_net.py --config-file configs/deta_R_50_5scale_12ep.yaml --eval-only \\
+        MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file configs/deta_R_18_synthetic_cpu.yaml --num-gpus 2  # CPU
+
+Without CUDA, ``--num-gpus N`` starts N CPU worker processes (gloo); set ``MODEL.DEVICE cpu``.
+See docs/TRAINING.md for multi-node and slurm use.
+"""
+
+import weakref
+
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import deta  # noqa: F401  registers the DETA meta-architecture and the synthetic datasets
+from deta import DetaDatasetMapper, add_deta_config
+from deta.engine import DetaCheckpointer, add_nonfinite_loss_check, cpu_safe_ddp, launch
+from deta.evaluation import build_coco_evaluator
+from deta.solver import build_deta_optimizer
+
+# Detectron2 v0.6's DefaultTrainer checkpoints neither the optimizer nor the AMP scaler, so
+# --resume restarted AdamW from zero moments; later versions store them under "_trainer".
+_D2_SAVES_OPTIMIZER = "state_dict" in DefaultTrainer.__dict__
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with DETA's data mapper, optimizer, evaluator and checkpointer."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer wraps the model in DDP with device_ids, which CPU models reject.
+        with cpu_safe_ddp():
+            super().__init__(cfg)
+
+    def build_hooks(self):
+        # Runs at the end of DefaultTrainer.__init__, before the checkpoint hook captures the
+        # checkpointer: swap in the atomic, finite-only one.
+        self.checkpointer = DetaCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if not _D2_SAVES_OPTIMIZER:
+            ret["_trainer"] = self._trainer.state_dict()  # the layout of later Detectron2
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if not _D2_SAVES_OPTIMIZER and "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        add_nonfinite_loss_check(model)
+        return model
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_coco_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=DetaDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        # The official test resize truncates the long side; Detectron2's default mapper rounds.
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=DetaDatasetMapper(cfg, is_train=False)
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_deta_optimizer(cfg, model)
+
+
+def setup(args):
+    """Config from ``--config-file`` and the trailing overrides, then Detectron2's setup."""
+    cfg = get_cfg()
+    add_deta_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    """Per-process entry point: evaluate (``--eval-only``) or train, returning the results."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetaCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    """Parse Detectron2's standard command line and launch ``main`` on every process."""
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()  # pragma: no cover
