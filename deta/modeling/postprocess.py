@@ -1,4 +1,4 @@
-"""Inference post-processing: DETA's class-wise NMS and the plain top-k of DETR (SPEC §9).
+"""Inference post-processing: DETA's class-wise NMS and the plain top-k of DETR.
 
 Shape shorthand: ``B`` batch, ``Q`` queries, ``K`` classes.
 """

@@ -1,4 +1,4 @@
-"""Two-stage proposal generation and DETA's first-stage query selection (SPEC §5).
+"""Two-stage proposal generation and DETA's first-stage query selection.
 
 Shape shorthand: ``B`` batch, ``S`` encoder tokens, ``L`` levels, ``Q`` queries.
 """
@@ -75,7 +75,7 @@ def _per_level_candidates(
 ) -> torch.Tensor:
     """Per level, the top-k token indices of ``score * (level == l)`` over *all* S tokens.
 
-    This reproduces the official selection exactly, quirk included (SPEC §15.1): a level with
+    This reproduces the official selection exactly, quirk included: a level with
     fewer than k tokens is topped up with zero-score tokens of other levels (torch.topk tie
     order), which then enter NMS under their own level and can later be picked as padding.
     k is clamped to S (the official crashes on small inputs).
@@ -91,7 +91,7 @@ def _per_level_candidates(
 def _cap_per_level(keep: torch.Tensor, keep_levels: torch.Tensor, num_levels: int, q: int):
     """At most ``q // L`` per level in score order, then top up with the best leftovers to ``q``.
 
-    ``keep`` is score-descending; the result keeps that global order (SPEC §5.4 steps 5–7).
+    ``keep`` is score-descending; the result keeps that global order.
     """
     per_level = q // num_levels
     onehot = keep_levels[None] == torch.arange(num_levels, device=keep.device)[:, None]
@@ -111,7 +111,7 @@ def select_queries_nms(
     pre_nms_topk: int = 1000,
     nms_thresh: float = 0.9,
 ) -> torch.Tensor:
-    """DETA's first-stage selection: per-level top-k, per-level NMS, per-level cap (SPEC §5.4).
+    """DETA's first-stage selection: per-level top-k, per-level NMS, per-level cap.
 
     Args:
         objectness (Tensor): (B, S) first-stage logit (class index 0 of the encoder head).
