@@ -1,7 +1,7 @@
 """Deformable-DETR encoder and decoder (post-norm layers, iterative box refinement).
 
 Shape shorthand: ``B`` batch, ``S`` encoder tokens (sum of H_l * W_l), ``L`` feature levels,
-``Q`` queries, ``C`` hidden dim. Follows (encoder) and §6 (decoder) of the official DETA.
+``Q`` queries, ``C`` hidden dim. Follows the encoder and decoder of the official DETA.
 """
 
 import copy

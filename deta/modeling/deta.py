@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_heads(hidden_dim: int, num_classes: int, num_pred: int, prior_prob: float):
-    """``num_pred`` independent copies of the class and box heads, initialised as
+    """``num_pred`` independent copies of the class and box heads, initialised as the official.
 
     All copies start identical; class biases carry the focal-loss prior and every box head's last
     layer is zero, so decoder boxes start at their references and encoder boxes at their anchors.
