@@ -157,59 +157,54 @@ class TestConverterErrors(unittest.TestCase):
 class TestGoldenCheckpointTool(unittest.TestCase):
     """The genuine official file (args stored as a dict) through the command-line tool."""
 
+    @classmethod
+    def setUpClass(cls):
+        require_golden(cls)
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.out = os.path.join(cls._tmp.name, "golden80.pth")
+        small = [
+            "MODEL.DETA.ENC_LAYERS",
+            "2",
+            "MODEL.DETA.DEC_LAYERS",
+            "2",
+            "MODEL.DETA.DIM_FEEDFORWARD",
+            "512",
+            "MODEL.DETA.NUM_QUERIES",
+            "300",
+        ]
+        cls.rc = tool.main(["--source", WEIGHTS, "--output", cls.out, *small])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
     def test_convert_and_load(self):
-        require_golden(self)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "golden80.pth")
-            small = [
-                "MODEL.DETA.ENC_LAYERS",
-                "2",
-                "MODEL.DETA.DEC_LAYERS",
-                "2",
-                "MODEL.DETA.DIM_FEEDFORWARD",
-                "512",
-                "MODEL.DETA.NUM_QUERIES",
-                "300",
-            ]
-            self.assertEqual(tool.main(["--source", WEIGHTS, "--output", out, *small]), 0)
-            cfg = golden_cfg("MODEL.DETA.NUM_CLASSES", 80)
-            model = build_model(cfg)
-            ckpt = DetectionCheckpointer(model)._load_file(out)
-            result = model.load_state_dict(ckpt["model"], strict=False)
-            self.assertEqual((result.missing_keys, result.unexpected_keys), ([], []))
+        self.assertEqual(self.rc, 0)
+        out = self.out
+        cfg = golden_cfg("MODEL.DETA.NUM_CLASSES", 80)
+        model = build_model(cfg)
+        ckpt = DetectionCheckpointer(model)._load_file(out)
+        result = model.load_state_dict(ckpt["model"], strict=False)
+        self.assertEqual((result.missing_keys, result.unexpected_keys), ([], []))
 
     def test_finetune_to_new_classes(self):
         """An 80-class checkpoint into a 4-class config: class heads re-initialised, rest kept."""
-        require_golden(self)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "golden80.pth")
-            small = [
-                "MODEL.DETA.ENC_LAYERS",
-                "2",
-                "MODEL.DETA.DEC_LAYERS",
-                "2",
-                "MODEL.DETA.DIM_FEEDFORWARD",
-                "512",
-                "MODEL.DETA.NUM_QUERIES",
-                "300",
-            ]
-            self.assertEqual(tool.main(["--source", WEIGHTS, "--output", out, *small]), 0)
-            model = build_model(
-                golden_cfg("MODEL.DETA.NUM_CLASSES", 4, "MODEL.DETA.MSDA_IMPL", "auto")
-            )
-            DetectionCheckpointer(model).resume_or_load(out, resume=False)
-            self.assertEqual(tuple(model.class_embed[0].weight.shape), (4, 256))
-            prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
-            torch.testing.assert_close(model.class_embed[0].bias, prior.expand(4))
-            converted = torch.load(out, weights_only=True)["model"]
-            torch.testing.assert_close(
-                model.transformer.level_embed, converted["transformer.level_embed"]
-            )
-            model.train()
-            batch = tiny_batch(sizes=((128, 160), (96, 128)), boxes_per_image=(2, 1), num_classes=4)
-            losses = model(batch)
-            sum(losses.values()).backward()
-            self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
+        self.assertEqual(self.rc, 0)
+        out = self.out
+        model = build_model(golden_cfg("MODEL.DETA.NUM_CLASSES", 4, "MODEL.DETA.MSDA_IMPL", "auto"))
+        DetectionCheckpointer(model).resume_or_load(out, resume=False)
+        self.assertEqual(tuple(model.class_embed[0].weight.shape), (4, 256))
+        prior = -torch.log(torch.tensor((1 - 0.01) / 0.01))
+        torch.testing.assert_close(model.class_embed[0].bias, prior.expand(4))
+        converted = torch.load(out, weights_only=True)["model"]
+        torch.testing.assert_close(
+            model.transformer.level_embed, converted["transformer.level_embed"]
+        )
+        model.train()
+        batch = tiny_batch(sizes=((128, 160), (96, 128)), boxes_per_image=(2, 1), num_classes=4)
+        losses = model(batch)
+        sum(losses.values()).backward()
+        self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
 
 
 if __name__ == "__main__":
