@@ -79,14 +79,15 @@ def train_variant(args, name: str, env: Dict[str, str]) -> str:
     return out
 
 
-def read_ap_curve(output_dir: str) -> List[Dict[str, float]]:
+def read_ap_curve(output_dir: str, max_iter: int) -> List[Dict[str, float]]:
     """Evaluation points of a run's metrics.json: iteration (1-based) and bbox AP/AP50/AP75."""
     points = {}
     with open(os.path.join(output_dir, "metrics.json")) as f:
         for line in f:
             row = json.loads(line)
             if "bbox/AP" in row:
-                it = row["iteration"] + 1
+                # Periodic evals are logged at the 0-based iteration, the final one at max_iter.
+                it = min(row["iteration"] + 1, max_iter)
                 points[it] = {"iteration": it, **{m: row[f"bbox/{m}"] for m in METRICS}}
     return [points[k] for k in sorted(points)]
 
@@ -140,7 +141,7 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         out = train_variant(args, name, env)
         seconds[name] = time.perf_counter() - start
-        curves[name] = read_ap_curve(out)
+        curves[name] = read_ap_curve(out, args.max_iter)
     print(write_report(curves, args.output_dir, seconds))
     print(f"wrote {args.output_dir}/table.md, results.json, ap_vs_iteration.png")
 
