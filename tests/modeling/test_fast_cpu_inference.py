@@ -74,7 +74,7 @@ class TestFastPathsMatchPlainModules(unittest.TestCase):
         ):
             with self.subTest(name):
                 fast, plain = both_paths(
-                    lambda q: deform_attn(attn, q, ref, value, shapes, starts, padding), query
+                    lambda q, r: deform_attn(attn, q, r, value, shapes, starts, padding), query, ref
                 )
                 self.assertClose(fast, plain)
 
