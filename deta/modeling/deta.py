@@ -37,6 +37,7 @@ from .deformable_transformer import (
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import nms_inference, topk_inference
+from .resnet_fast_cpu import fused_resnet_forward, fused_resnet_supported
 from .two_stage import select_queries_nms, select_queries_topk
 
 __all__ = ["DETA"]
@@ -215,13 +216,17 @@ class DETA(nn.Module):
         """
         # record_function scopes label the stages for tools/benchmark.py breakdown; they cost
         # about a microsecond each when no profiler is running.
-        if fast_cpu_inference(images):
+        fast = fast_cpu_inference(images)
+        if fast:
             # oneDNN convolutions run natively on NHWC; with an NCHW input every conv reorders
             # its input and output (~20% of the backbone time on CPU). Layout only: the features
             # flatten to the same (B, S, C) tokens.
             images = images.contiguous(memory_format=torch.channels_last)
         with record_function("deta.backbone"):
-            features = self.backbone(images)
+            if fast and fused_resnet_supported(self.backbone):
+                features = fused_resnet_forward(self.backbone, images)
+            else:
+                features = self.backbone(images)
         with record_function("deta.input_proj"):
             srcs, masks, pos = project_features(
                 features, self.in_features, self.input_proj, mask, self.position_embedding
