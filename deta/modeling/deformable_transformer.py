@@ -96,6 +96,18 @@ def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x.to(dtype) + y.to(dtype)
 
 
+def _residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + y`` where ``y`` is a layer's fresh output that nothing else holds.
+
+    Without autograd the sum is written into ``y``: the same values (addition commutes), without
+    allocating and page-faulting a new (tokens, C) tensor per residual.
+    """
+    if not torch.is_grad_enabled() and y.dtype == torch.promote_types(x.dtype, y.dtype):
+        if y.shape == x.shape and y.is_contiguous():
+            return y.add_(x)
+    return _add(x, y)
+
+
 def _wb(layer: nn.Linear):
     return layer.weight, layer.bias
 
@@ -203,9 +215,12 @@ def deform_attn(
         wh = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(w.dtype)
         scale = (1 / wh)[None, :, None, :].expand(m, num_levels, p, 2).reshape(-1)
         offsets = _onednn_linear(query, w * scale[:, None], b * scale, torch.float32)
-        locations = reference_points[:, :, None, :, None, :] + offsets.view(
-            n, lq, m, num_levels, p, 2
-        )
+        # reference (N, Lq, L, 2) + offsets (N, Lq, M, L, P, 2), with the reference first repeated
+        # over the points: a broadcast whose innermost contiguous run is L*P*2 values rather than
+        # 2 runs ~4x faster in ATen (~12 ms per encoder layer here), with the same sums.
+        ref = reference_points[:, :, None, :, None, :].expand(n, lq, 1, num_levels, p, 2)
+        ref = ref.reshape(n, lq, 1, num_levels * p * 2)
+        locations = (offsets.view(n, lq, m, -1) + ref).view(n, lq, m, num_levels, p, 2)
     else:
         offsets = _onednn_linear(query, w, b, torch.float32).view(n, lq, m, num_levels, p, 2)
         locations = attn._sampling_locations(reference_points, offsets, spatial_shapes)
@@ -268,13 +283,13 @@ class DeformableEncoderLayer(nn.Module):
                 level_start_index,
                 padding_mask,
             )
-            src = self.norm1(_add(src, self.dropout1(attn)))
+            src = self.norm1(_residual(src, self.dropout1(attn)))
         with record_function("deta.encoder.ffn"):
             if not self.training and fast_cpu_inference(src):
                 ffn = chunked_ffn(src, self.linear1, self.linear2)
             else:
                 ffn = self.linear2(self.dropout2(torch.relu(self.linear1(src))))
-            return self.norm2(_add(src, self.dropout3(ffn)))
+            return self.norm2(_residual(src, self.dropout3(ffn)))
 
 
 class DeformableEncoder(nn.Module):
@@ -344,7 +359,7 @@ class DeformableDecoderLayer(nn.Module):
         self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, mask
     ):
         attn = self_attention(self.self_attn, tgt + query_pos, tgt)
-        tgt = self.norm2(_add(tgt, self.dropout2(attn)))
+        tgt = self.norm2(_residual(tgt, self.dropout2(attn)))
         attn = deform_attn(
             self.cross_attn,
             tgt + query_pos,
@@ -354,9 +369,9 @@ class DeformableDecoderLayer(nn.Module):
             level_start_index,
             mask,
         )
-        tgt = self.norm1(_add(tgt, self.dropout1(attn)))
+        tgt = self.norm1(_residual(tgt, self.dropout1(attn)))
         ffn = linear(self.dropout3(linear(tgt, self.linear1, relu=True)), self.linear2)
-        return self.norm3(_add(tgt, self.dropout4(ffn)))
+        return self.norm3(_residual(tgt, self.dropout4(ffn)))
 
 
 class DeformableDecoder(nn.Module):
