@@ -9,9 +9,11 @@ multiply over the weights, ~1% of the backbone's time), so there is no cache to 
 weights are loaded or changed.
 
 Only the plain Detectron2 structure is handled: ``BasicStem`` + ``BasicBlock`` /
-``BottleneckBlock`` stages whose convs have no norm or a ``FrozenBatchNorm2d``.
-:func:`fused_resnet_supported` says whether a backbone qualifies; anything else (GN/SyncBN,
-deformable blocks, a classification head, Swin) uses its own forward.
+``BottleneckBlock`` stages whose convs have no norm, a ``FrozenBatchNorm2d``, or a BatchNorm in
+eval mode (what ``NORM: "BN"`` trains, as the synthetic CPU config does).
+:func:`fused_resnet_supported` says whether a backbone qualifies (it is checked on every call, so
+``model.train()`` turns the fusion off); anything else (GN, SyncBatchNorm, deformable blocks, a
+classification head, Swin) uses its own forward.
 """
 
 from typing import Dict, Optional, Tuple
@@ -38,13 +40,27 @@ def _conv_op():
 _CONV, _CONV_ADD = _conv_op()
 
 
+def _frozen_stats(norm: nn.Module) -> bool:
+    """Whether ``norm`` is an affine map of fixed statistics: FrozenBN, or BN in eval mode."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return True
+    # BatchNorm2d (and Detectron2's NaiveSyncBatchNorm, a subclass) normalise with their running
+    # statistics in eval mode.
+    return (
+        isinstance(norm, nn.BatchNorm2d)
+        and not norm.training
+        and norm.running_mean is not None
+        and norm.running_var is not None
+    )
+
+
 def _foldable(conv: nn.Module) -> bool:
     norm = getattr(conv, "norm", None)
     return (
         isinstance(conv, nn.Conv2d)
         and getattr(conv, "activation", None) is None
         and conv.padding_mode == "zeros"
-        and (norm is None or isinstance(norm, FrozenBatchNorm2d))
+        and (norm is None or _frozen_stats(norm))
     )
 
 
@@ -70,16 +86,20 @@ def fused_resnet_supported(backbone: nn.Module) -> bool:
 
 
 def _folded(conv: nn.Conv2d, dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The conv's weight and bias with its FrozenBN folded in, in ``dtype``.
+    """The conv's weight and bias with its frozen BN folded in, in ``dtype``.
 
-    FrozenBN is ``y * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``, so
+    Frozen BN is ``y * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``, so
     ``BN(conv(x)) = conv_{w * s}(x) + (b * s + beta - mean * s)``.
     """
     weight, bias, bn = conv.weight, conv.bias, conv.norm
     if bn is None:
         return weight.to(dtype), None if bias is None else bias.to(dtype)
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    shift = bn.bias - bn.running_mean * scale
+    scale = (bn.running_var + bn.eps).rsqrt()
+    if bn.weight is not None:  # BatchNorm2d(affine=False) has neither weight nor bias
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
     if bias is not None:
         shift = shift + bias * scale
     return (weight * scale.reshape(-1, 1, 1, 1)).to(dtype), shift.to(dtype)

@@ -74,6 +74,13 @@ class TestFusedResNet(unittest.TestCase):
             rel = ((out[k].float() - ref[k].float()).norm() / ref[k].float().norm()).item()
             self.assertLess(rel, 2e-2, k)  # bf16 rounding of folded vs. unfolded weights
 
+    def test_batchnorm_in_eval_mode_is_folded(self):
+        model = backbone("MODEL.RESNETS.NORM", "BN")  # what configs/deta_R_18_synthetic_cpu uses
+        self.assertTrue(fused_resnet_supported(model))
+        self.check_equal(model, torch.randn(1, 3, 64, 96), rtol=1e-5)
+        model.train()  # batch statistics: nothing to fold
+        self.assertFalse(fused_resnet_supported(model))
+
     def test_other_norms_are_not_fused(self):
         self.assertFalse(fused_resnet_supported(backbone("MODEL.RESNETS.NORM", "GN")))
         self.assertFalse(
