@@ -56,6 +56,8 @@ if REPO not in sys.path:  # `python tools/benchmark.py` without PYTHONPATH
 
 import torch  # noqa: E402
 
+from tools.benchmark_ms_deform_attn import cpu_model  # noqa: E402
+
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "deta_R_50_5scale_12ep.yaml")
 DEFAULT_PEER_PATH = os.path.join(REPO, ".bench", "peer")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -81,17 +83,6 @@ TOP_LEVEL = [s for s, _ in STAGES if not s.startswith(" ")]
 
 def load_average():
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ext_info() -> dict:

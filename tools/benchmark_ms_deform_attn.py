@@ -173,7 +173,8 @@ def run_memory_probe(case: str, impl: str, mode: str, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _cpu_name() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -273,7 +274,7 @@ def main() -> None:
     info = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "load_average_1min": [load_before, os.getloadavg()[0]],
