@@ -6,6 +6,9 @@ plain PyTorch modules otherwise, so running it once under ``no_grad`` and once u
 ``MSDeformAttn.forward`` step by step; this test keeps the two in step.
 """
 
+import os
+import subprocess
+import sys
 import unittest
 
 import torch
@@ -21,6 +24,8 @@ from deta.modeling.deformable_transformer import (
     linear,
     self_attention,
 )
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def both_paths(fn, *args):
@@ -81,3 +86,24 @@ class TestFastPathsMatchPlainModules(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@unittest.skipIf(_ONEDNN_LINEAR is None, "no oneDNN fast path in this build")
+class TestSwitchOff(unittest.TestCase):
+    def test_env_var_turns_every_fast_path_off(self):
+        # Read at import, so it is checked in a fresh interpreter. Every fast path (oneDNN
+        # linears, fused ResNet, channels-last input, ...) is gated by fast_cpu_inference.
+        probe = (
+            "import torch\n"
+            "from deta.modeling.deformable_transformer import fast_cpu_inference\n"
+            "with torch.no_grad():\n"
+            "    print(fast_cpu_inference(torch.zeros(1)))\n"
+        )
+        for value, expected in (("0", "False"), ("1", "True")):
+            with self.subTest(DETA_FAST_CPU_INFERENCE=value):
+                env = dict(os.environ, DETA_FAST_CPU_INFERENCE=value)
+                out = subprocess.run(
+                    [sys.executable, "-c", probe], env=env, cwd=REPO, check=True,
+                    capture_output=True, text=True,
+                )  # fmt: skip
+                self.assertEqual(out.stdout.strip().splitlines()[-1], expected)
