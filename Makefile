@@ -7,7 +7,7 @@ STAMPS := $(VENV)/.stamps
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 CSRC := $(shell find deta/layers/csrc -type f 2>/dev/null)
 
-.PHONY: setup test lint format demo clean collect-env cuda-build-check
+.PHONY: setup test test-avx2 lint format demo clean collect-env cuda-build-check
 
 setup: $(STAMPS)/deta
 
@@ -35,6 +35,14 @@ $(STAMPS)/deta: $(STAMPS)/deps setup.py $(CSRC)
 
 test: setup
 	$(BIN)/python -m pytest tests
+
+# The parity, fast-path and kernel tests again with oneDNN and ATen capped at AVX2: on an
+# AVX-512/AMX machine they then run as on an AVX2-only CPU (no oneDNN bf16, no AMX).
+CPU_CLASS_TESTS := tests/modeling/test_golden_parity.py tests/modeling/test_fast_cpu_inference.py \
+	tests/modeling/test_resnet_fast_cpu.py tests/modeling/test_deta_e2e.py \
+	tests/layers/test_ms_deform_attn.py
+test-avx2: setup
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest $(CPU_CLASS_TESTS)
 
 lint: $(STAMPS)/deps
 	$(BIN)/ruff check .

@@ -102,8 +102,14 @@ def ext_info() -> dict:
     return info
 
 
+# Variables that cap the instruction set of oneDNN / ATen / the deta._C kernels.
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DETA_CPU_CAPS", "DETA_CPU_KERNEL_ISA")
+
+
 def machine_info(threads: int, device: str = "cpu") -> dict:
     import torchvision
+
+    from deta import fast_cpu
 
     info = {
         "cpu": cpu_model(),
@@ -115,6 +121,8 @@ def machine_info(threads: int, device: str = "cpu") -> dict:
         "torchvision": torchvision.__version__,
         "mkldnn": torch.backends.mkldnn.is_available(),
         "deta_C": ext_info(),
+        "isa_caps": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
+        "cpu_fast_paths": {k.strip(): v for k, v in fast_cpu.describe()},
         "device": device,
         "loadavg": load_average(),
     }
@@ -135,6 +143,10 @@ def print_machine(info: dict) -> None:
         f"cpu kernel {ext['cpu']}, cuda kernel {ext['cuda']}; device {info['device']}"
         + (f" ({info['gpu']})" if "gpu" in info else "")
     )
+    caps = " ".join(f"{k}={v}" for k, v in info["isa_caps"].items()) or "none"
+    print(f"ISA caps in the environment: {caps}")
+    for name, state in info["cpu_fast_paths"].items():
+        print(f"  {name}: {state}")
     print(f"load average (1, 5, 15 min) at start: {info['loadavg']}")
 
 

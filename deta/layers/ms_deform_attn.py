@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import fast_cpu
 from .ms_deform_attn_func import _check_impl, ms_deform_attn
 
 __all__ = ["MSDeformAttn", "MultiScaleDeformableAttention"]
@@ -94,7 +95,7 @@ class MSDeformAttn(nn.Module):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.constant_(proj.bias, 0.0)
 
-    def _sampling_locations(
+    def sampling_locations(
         self,
         reference_points: torch.Tensor,
         offsets: torch.Tensor,
@@ -143,6 +144,18 @@ class MSDeformAttn(nn.Module):
         Returns:
             Tensor: (N, Lq, d_model).
         """
+        dtype = fast_cpu.compute_dtype(query, self)
+        if dtype is not None:  # CPU inference: the same steps with oneDNN projections
+            return fast_cpu.deform_attn_forward(
+                self,
+                dtype,
+                query,
+                reference_points,
+                input_flatten,
+                input_spatial_shapes,
+                input_level_start_index,
+                input_padding_mask,
+            )
         n, lq, _ = query.shape
         _, s, _ = input_flatten.shape
         m, num_levels, p = self.n_heads, self.n_levels, self.n_points
@@ -155,17 +168,29 @@ class MSDeformAttn(nn.Module):
         # Softmax jointly over the L*P samples of each head.
         attention = self.attention_weights(query).view(n, lq, m, num_levels * p)
         attention = attention.softmax(-1).view(n, lq, m, num_levels, p)
-        locations = self._sampling_locations(reference_points, offsets, input_spatial_shapes)
-        out = ms_deform_attn(
+        locations = self.sampling_locations(reference_points, offsets, input_spatial_shapes)
+        starts = input_level_start_index
+        out = self.sample(value, input_spatial_shapes, starts, locations, attention)
+        return self.output_proj(out)
+
+    def sample(
+        self,
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """The op itself, :func:`ms_deform_attn`, with this module's ``impl``; (N, Lq, M * D)."""
+        return ms_deform_attn(
             value,
-            input_spatial_shapes,
-            input_level_start_index,
-            locations,
-            attention,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
             self.im2col_step,
             impl=self.impl,
         )
-        return self.output_proj(out)
 
 
 MultiScaleDeformableAttention = MSDeformAttn

@@ -5,15 +5,14 @@ Shape shorthand: ``B`` batch, ``S`` encoder tokens (sum of H_l * W_l), ``L`` fea
 """
 
 import copy
-import os
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from ..layers import MSDeformAttn, ms_deform_attn
+from .. import fast_cpu
+from ..layers import MSDeformAttn
 from .position_encoding import box_sine_embedding
 from .two_stage import encoder_output_proposals
 
@@ -43,202 +42,6 @@ def valid_ratios_of(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([valid_w.float() / W, valid_h.float() / H], -1)
 
 
-def _onednn_linear_op():
-    # DETA_FAST_CPU_INFERENCE=0 keeps the plain PyTorch path, for A/B timing and debugging.
-    if os.environ.get("DETA_FAST_CPU_INFERENCE", "1") == "0":
-        return None
-    try:
-        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return None
-
-
-_ONEDNN_LINEAR = _onednn_linear_op()
-_REORDER_LINEAR_WEIGHT = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
-
-
-def _fast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
-    """The dtype the oneDNN fast path computes in for ``x``, or None when it must not be used.
-
-    It is used for CPU inference only (autograd off: the oneDNN op has no derivative), in
-    float32, or in bfloat16 under ``torch.autocast("cpu", dtype=torch.bfloat16)``. Reasons: ATen's
-    CPU ``addmm`` (MKL) first copies the broadcast bias into the output and, on the AMD machine of
-    BENCHMARKS.md, runs the token-wise GEMMs 1.5-2.5x slower than oneDNN, which also fuses the bias
-    and ReLU.
-    """
-    if _ONEDNN_LINEAR is None or x.device.type != "cpu" or torch.is_grad_enabled():
-        return None
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        return dtype if dtype == torch.bfloat16 else None
-    return x.dtype if x.dtype == torch.float32 else None
-
-
-def fast_cpu_inference(x: torch.Tensor) -> bool:
-    """Whether the CPU inference fast paths apply to ``x`` (see :func:`_fast_dtype`)."""
-    return _fast_dtype(x) is not None
-
-
-def _onednn_linear(x, weight, bias, dtype, act="none"):
-    # Autocast semantics: input, weight and bias cast to the compute dtype, output in it.
-    x, weight = x.to(dtype), weight.to(dtype)
-    bias = None if bias is None else bias.to(dtype)
-    return _ONEDNN_LINEAR(x, weight, bias, act, [], "")
-
-
-def _add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``x + y``, bit for bit, with both operands first cast to the promoted dtype.
-
-    Under bfloat16 autocast the residual adds mix float32 and bfloat16; ATen's CPU add runs such
-    mixed-dtype inputs ~60x slower than two casts plus a same-dtype add.
-    """
-    dtype = torch.promote_types(x.dtype, y.dtype)
-    return x.to(dtype) + y.to(dtype)
-
-
-def _residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``x + y`` where ``y`` is a layer's fresh output that nothing else holds.
-
-    Without autograd the sum is written into ``y``: the same values (addition commutes), without
-    allocating and page-faulting a new (tokens, C) tensor per residual.
-    """
-    if not torch.is_grad_enabled() and y.dtype == torch.promote_types(x.dtype, y.dtype):
-        if y.shape == x.shape and y.is_contiguous():
-            return y.add_(x)
-    return _add(x, y)
-
-
-def _wb(layer: nn.Linear):
-    return layer.weight, layer.bias
-
-
-def linear(x: torch.Tensor, layer: nn.Linear, relu: bool = False) -> torch.Tensor:
-    """``layer(x)``, then ReLU if asked; one fused oneDNN call for CPU inference.
-
-    The fused call differs from ``F.linear`` by float rounding only (~1e-6 relative in float32).
-    """
-    dtype = _fast_dtype(x)
-    if dtype is not None:
-        return _onednn_linear(x, layer.weight, layer.bias, dtype, "relu" if relu else "none")
-    x = layer(x)
-    return torch.relu(x) if relu else x
-
-
-def chunked_ffn(x: torch.Tensor, linear1: nn.Linear, linear2: nn.Linear, chunk: int = 2048):
-    """``linear2(relu(linear1(x)))`` over ``chunk`` tokens at a time (inference, no dropout).
-
-    Over the 20k encoder tokens the (tokens, 2048) hidden tensor is 165 MB in float32; in chunks
-    it stays in cache between the two GEMMs. On the oneDNN path both weights are reordered to
-    oneDNN's blocked layout once per call instead of once per chunk and GEMM. Together these make
-    the encoder FFN ~15-20% faster than one unchunked pass on the 2-core machines of
-    BENCHMARKS.md, with each row's result bit-identical.
-    """
-    flat = x.reshape(-1, x.shape[-1])
-    dtype = _fast_dtype(x)
-    if dtype is None or _REORDER_LINEAR_WEIGHT is None:
-        parts = [linear(linear(c, linear1, relu=True), linear2) for c in flat.split(chunk)]
-    else:
-        w1, w2 = (_REORDER_LINEAR_WEIGHT(lin.weight.to(dtype), chunk) for lin in (linear1, linear2))
-        b1, b2 = linear1.bias, linear2.bias
-        parts = [
-            _onednn_linear(_onednn_linear(c, w1, b1, dtype, "relu"), w2, b2, dtype)
-            for c in flat.split(chunk)
-        ]
-    return torch.cat(parts).view(*x.shape[:-1], -1)
-
-
-def self_attention(mha: nn.MultiheadAttention, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``mha(qk, qk, v)`` for batch-first (B, Q, C) inputs, no masks; returns (B, Q, C).
-
-    For CPU inference the projections go through oneDNN and the attention through
-    ``scaled_dot_product_attention`` (a fused kernel that never materialises the B x heads x Q x Q
-    probabilities), with nn.MultiheadAttention's weights and math.
-    """
-    dtype = _fast_dtype(qk)
-    plain = (
-        dtype is None
-        or not mha._qkv_same_embed_dim
-        or mha.in_proj_bias is None
-        or mha.bias_k is not None
-        or mha.add_zero_attn
-        or (mha.training and mha.dropout > 0)
-    )
-    if plain:
-        # nn.MultiheadAttention is sequence-first here, as in the official layer. Without
-        # autograd the (unused) averaged attention weights are skipped, which lets it use SDPA.
-        qk, v = qk.transpose(0, 1), v.transpose(0, 1)
-        out = mha(qk, qk, v, need_weights=torch.is_grad_enabled())[0]
-        return out.transpose(0, 1)
-    B, Q, C = qk.shape
-    h = mha.num_heads
-    w, b = mha.in_proj_weight, mha.in_proj_bias
-    q, k = _onednn_linear(qk, w[: 2 * C], b[: 2 * C], dtype).view(B, Q, 2, h, C // h).unbind(2)
-    v = _onednn_linear(v, w[2 * C :], b[2 * C :], dtype).view(B, Q, h, C // h)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    out = out.transpose(1, 2).reshape(B, Q, C)
-    return _onednn_linear(out, mha.out_proj.weight, mha.out_proj.bias, dtype)
-
-
-def deform_attn(
-    attn: MSDeformAttn,
-    query: torch.Tensor,
-    reference_points: torch.Tensor,
-    value_input: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    padding_mask: Optional[torch.Tensor],
-) -> torch.Tensor:
-    """``attn(query, ...)``, with its four projections through :func:`linear` when that is fast.
-
-    The fast branch is ``MSDeformAttn.forward`` step by step (same op and sampling locations);
-    it exists because the projections of the 20k encoder tokens dominate the attention's cost.
-    """
-    args = (reference_points, value_input, spatial_shapes, level_start_index, padding_mask)
-    if not fast_cpu_inference(query):
-        return attn(query, *args)
-    n, lq, _ = query.shape
-    m, num_levels, p = attn.n_heads, attn.n_levels, attn.n_points
-    value = linear(value_input, attn.value_proj)
-    if padding_mask is not None and bool(padding_mask.any()):  # CPU only: no device sync
-        value.masked_fill_(padding_mask[..., None], 0.0)
-    value = value.view(n, value.shape[1], m, attn.d_model // m)
-    # Under bfloat16 autocast the two sampling GEMMs run in bfloat16 too, but their outputs are
-    # float32 from here on: the softmax, and the sum with the reference points, whose bfloat16
-    # rounding (8-bit mantissa: ~4 px on a 1200-px level) would move the sampling points. An
-    # offset of a few pixels keeps ~0.01 px of precision in bfloat16.
-    proj = _fast_dtype(query)
-    query = query.to(proj)
-    weights = _onednn_linear(query, *_wb(attn.attention_weights), proj).float()
-    weights = weights.view(n, lq, m, num_levels * p)
-    weights = weights.softmax(-1).view(n, lq, m, num_levels, p)
-    w, b = _wb(attn.sampling_offsets)
-    if reference_points.shape[-1] == 2:
-        # Pixel offsets divided by each level's (W, H): folded into the projection, which saves
-        # a pass over the (N, Lq, M, L, P, 2) offsets per layer (rounding-level difference).
-        wh = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(w.dtype)
-        scale = (1 / wh)[None, :, None, :].expand(m, num_levels, p, 2).reshape(-1)
-        offsets = _onednn_linear(query, w * scale[:, None], b * scale, proj).float()
-        # reference (N, Lq, L, 2) + offsets (N, Lq, M, L, P, 2), with the reference first repeated
-        # over the points: a broadcast whose innermost contiguous run is L*P*2 values rather than
-        # 2 runs ~4x faster in ATen (~12 ms per encoder layer here), with the same sums.
-        ref = reference_points[:, :, None, :, None, :].expand(n, lq, 1, num_levels, p, 2)
-        ref = ref.reshape(n, lq, 1, num_levels * p * 2)
-        locations = (offsets.view(n, lq, m, -1) + ref).view(n, lq, m, num_levels, p, 2)
-    else:
-        offsets = _onednn_linear(query, w, b, proj).float().view(n, lq, m, num_levels, p, 2)
-        locations = attn._sampling_locations(reference_points.float(), offsets, spatial_shapes)
-    out = ms_deform_attn(
-        value,
-        spatial_shapes,
-        level_start_index,
-        locations,
-        weights,
-        attn.im2col_step,
-        impl=attn.impl,
-    )
-    return linear(out, attn.output_proj)
-
-
 class MLP(nn.Module):
     """``num_layers`` Linear layers with ReLU in between (the box head)."""
 
@@ -249,9 +52,13 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.layers) - 1
+        dtype = fast_cpu.compute_dtype(x, self)
+        if dtype is not None:  # CPU inference: oneDNN linears with fused ReLU
+            return fast_cpu.mlp_forward(self, dtype, x)
         for i, layer in enumerate(self.layers):
-            x = linear(x, layer, relu=i < last)
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
         return x
 
 
@@ -276,23 +83,18 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
+        args = (reference_points, spatial_shapes, level_start_index, padding_mask)
+        dtype = fast_cpu.compute_dtype(src, self)
+        if dtype is not None:  # CPU inference: oneDNN linears, chunked FFN, in-place residuals
+            return fast_cpu.encoder_layer_forward(self, dtype, src, pos, *args)
         with record_function("deta.encoder.attn"):
-            attn = deform_attn(
-                self.self_attn,
-                src + pos,
-                reference_points,
-                src,
-                spatial_shapes,
-                level_start_index,
-                padding_mask,
+            attn = self.self_attn(
+                src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
             )
-            src = self.norm1(_residual(src, self.dropout1(attn)))
+            src = self.norm1(src + self.dropout1(attn))
         with record_function("deta.encoder.ffn"):
-            if not self.training and fast_cpu_inference(src):
-                ffn = chunked_ffn(src, self.linear1, self.linear2)
-            else:
-                ffn = self.linear2(self.dropout2(torch.relu(self.linear1(src))))
-            return self.norm2(_residual(src, self.dropout3(ffn)))
+            ffn = self.linear2(self.dropout2(torch.relu(self.linear1(src))))
+            return self.norm2(src + self.dropout3(ffn))
 
 
 class DeformableEncoder(nn.Module):
@@ -361,20 +163,21 @@ class DeformableDecoderLayer(nn.Module):
     def forward(
         self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, mask
     ):
-        attn = self_attention(self.self_attn, tgt + query_pos, tgt)
-        tgt = self.norm2(_residual(tgt, self.dropout2(attn)))
-        attn = deform_attn(
-            self.cross_attn,
-            tgt + query_pos,
-            reference_points,
-            memory,
-            spatial_shapes,
-            level_start_index,
-            mask,
+        dtype = fast_cpu.compute_dtype(tgt, self)
+        if dtype is not None:  # CPU inference: oneDNN linears, fused self-attention
+            args = (reference_points, memory, spatial_shapes, level_start_index, mask)
+            return fast_cpu.decoder_layer_forward(self, dtype, tgt, query_pos, *args)
+        # nn.MultiheadAttention is sequence-first, as in the official layer. Without autograd
+        # the (unused) averaged attention weights are skipped, which lets it use SDPA.
+        qk, v = (tgt + query_pos).transpose(0, 1), tgt.transpose(0, 1)
+        attn = self.self_attn(qk, qk, v, need_weights=torch.is_grad_enabled())[0].transpose(0, 1)
+        tgt = self.norm2(tgt + self.dropout2(attn))
+        attn = self.cross_attn(
+            tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, mask
         )
-        tgt = self.norm1(_residual(tgt, self.dropout1(attn)))
-        ffn = linear(self.dropout3(linear(tgt, self.linear1, relu=True)), self.linear2)
-        return self.norm3(_residual(tgt, self.dropout4(ffn)))
+        tgt = self.norm1(tgt + self.dropout1(attn))
+        ffn = self.linear2(self.dropout3(torch.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout4(ffn))
 
 
 class DeformableDecoder(nn.Module):
@@ -440,7 +243,7 @@ class DeformableDecoder(nn.Module):
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[lid](output)
                 if reference_points.shape[-1] == 4:
-                    new_ref = _add(delta, inverse_sigmoid(reference_points)).sigmoid()
+                    new_ref = (delta + inverse_sigmoid(reference_points)).sigmoid()
                 else:
                     # Point references become boxes after the first refinement (official).
                     new_ref = torch.cat(
@@ -565,10 +368,10 @@ class DeformableTransformer(nn.Module):
             out_memory, proposals, level_ids = encoder_output_proposals(
                 memory, mask_flatten, shapes, self.proposal_base_size, self.proposal_valid_range
             )
-            out_memory = self.enc_output_norm(linear(out_memory, self.enc_output))
+            out_memory = self.enc_output_norm(self.enc_output(out_memory))
             head = self.decoder.num_layers
-            enc_class = linear(out_memory, self.decoder.class_embed[head])
-            enc_coord_unact = _add(self.decoder.bbox_embed[head](out_memory), proposals)
+            enc_class = self.decoder.class_embed[head](out_memory)
+            enc_coord_unact = self.decoder.bbox_embed[head](out_memory) + proposals
 
         with record_function("deta.select"):
             selected = self.select_queries(

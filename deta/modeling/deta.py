@@ -24,20 +24,15 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
+from .. import fast_cpu
 from .assigner import Stage1Assigner, Stage2Assigner
 from .backbone import backbone_channels, build_input_proj, project_features
 from .config_checks import check_deta_config
 from .criterion import SetCriterion
-from .deformable_transformer import (
-    MLP,
-    DeformableTransformer,
-    fast_cpu_inference,
-    inverse_sigmoid,
-)
+from .deformable_transformer import MLP, DeformableTransformer, inverse_sigmoid
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import nms_inference, topk_inference
-from .resnet_fast_cpu import fused_resnet_forward, fused_resnet_supported
 from .two_stage import select_queries_nms, select_queries_topk
 
 __all__ = ["DETA"]
@@ -216,15 +211,10 @@ class DETA(nn.Module):
         """
         # record_function scopes label the stages for tools/benchmark.py breakdown; they cost
         # about a microsecond each when no profiler is running.
-        fast = fast_cpu_inference(images)
-        if fast:
-            # oneDNN convolutions run natively on NHWC; with an NCHW input every conv reorders
-            # its input and output (~20% of the backbone time on CPU). Layout only: the features
-            # flatten to the same (B, S, C) tokens.
-            images = images.contiguous(memory_format=torch.channels_last)
+        dtype = fast_cpu.compute_dtype(images, self, op="conv")
         with record_function("deta.backbone"):
-            if fast and fused_resnet_supported(self.backbone):
-                features = fused_resnet_forward(self.backbone, images)
+            if dtype is not None:  # CPU inference: NHWC, the fused ResNet where it applies
+                features = fast_cpu.backbone_forward(self.backbone, images, dtype)
             else:
                 features = self.backbone(images)
         with record_function("deta.input_proj"):

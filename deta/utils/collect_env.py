@@ -1,5 +1,8 @@
-"""Report the deta build (compiled extension, CUDA, compiler) and, after it, detectron2's
-environment report. Run as ``python -m deta.utils.collect_env``."""
+"""Report the deta build (compiled extension, CUDA, compiler), which CPU fast paths are active
+and why, and after it detectron2's environment report.
+
+Run as ``python -m deta.utils.collect_env``.
+"""
 
 import os
 import sys
@@ -10,8 +13,17 @@ import torch
 __all__ = ["collect_deta_env_info", "collect_env_info"]
 
 
+def _kernel_isa(ext) -> str:
+    isa = getattr(ext, "cpu_kernel_isa", None)
+    if isa is None:
+        return "unknown (an older build; rebuild with pip install --no-build-isolation -e .)"
+    forced = os.environ.get("DETA_CPU_KERNEL_ISA") == "baseline"
+    return f"{isa()} build" + (" (forced by $DETA_CPU_KERNEL_ISA=baseline)" if forced else "")
+
+
 def _deta_rows() -> List[Tuple[str, str]]:
     import deta
+    from deta import fast_cpu
     from deta.layers import ms_deform_attn_func as msda
 
     rows = [("deta", f"{deta.__version__} @ {os.path.dirname(deta.__file__)}")]
@@ -24,6 +36,7 @@ def _deta_rows() -> List[Tuple[str, str]]:
             ("deta._C built with CUDA", str(bool(ext.has_cuda()))),
             ("deta._C CUDA version", ext.get_cuda_version()),
             ("deta._C compiler", ext.get_compiler_version()),
+            ("deta._C CPU kernels", _kernel_isa(ext)),
         ]
     rows += [
         ("PyTorch", f"{torch.__version__} (CUDA {torch.version.cuda})"),
@@ -34,7 +47,7 @@ def _deta_rows() -> List[Tuple[str, str]]:
     ]
     if torch.cuda.is_available():
         rows.append(("MSDA impl on CUDA", msda.describe_msda_impl("cuda")))
-    return rows
+    return rows + fast_cpu.describe()
 
 
 def collect_deta_env_info() -> str:

@@ -109,6 +109,20 @@ class TestMSDeformAttnKernels(unittest.TestCase):
                     self._compare("cpu", dtype, channels)
 
     @NEEDS_CPP
+    def test_cpu_baseline_and_avx2_builds(self):
+        # $DETA_CPU_KERNEL_ISA=baseline forces the SSE2 build on a CPU that has AVX2, so both
+        # builds are checked on one machine; "avx2" is used only where the CPU has it.
+        ext = msda._load_ext()
+        builds = ["baseline"] + (["avx2"] if ext.cpu_kernel_isa() == "avx2" else [])
+        for build in builds:
+            env = {"DETA_CPU_KERNEL_ISA": build} if build == "baseline" else {}
+            with self.subTest(build=build), mock.patch.dict(os.environ, env):
+                self.assertEqual(ext.cpu_kernel_isa(), build)
+                for dtype in (torch.float32, torch.float64):
+                    self._compare("cpu", dtype, 32)
+                    self._compare("cpu", dtype, 30)
+
+    @NEEDS_CPP
     def test_cpu_backward_is_deterministic(self):
         inputs = make_inputs(DETA_LEVELS, queries=600, heads=8, channels=32, points=4)
         grad_output = torch.randn(2, 600, 256, dtype=torch.float64)
@@ -355,9 +369,9 @@ class TestMSDeformAttnModule(unittest.TestCase):
         torch.testing.assert_close(out, torch.full((1, 1, 1), 4.5))
         # Direct check of both normalisations, y included.
         offsets = torch.tensor([2.0, -1.0]).view(1, 1, 1, 1, 1, 2)
-        locations = m._sampling_locations(torch.tensor([[[[0.5, 0.25]]]]), offsets, shapes)
+        locations = m.sampling_locations(torch.tensor([[[[0.5, 0.25]]]]), offsets, shapes)
         torch.testing.assert_close(locations.flatten(), torch.tensor([0.75, 0.0]))
-        locations = m._sampling_locations(ref, offsets, shapes)
+        locations = m.sampling_locations(ref, offsets, shapes)
         torch.testing.assert_close(locations.flatten(), torch.tensor([0.75, 0.25]))
 
 

@@ -6,7 +6,12 @@ import torch
 
 from detectron2.modeling import build_backbone
 
-from deta.modeling.resnet_fast_cpu import _CONV, fused_resnet_forward, fused_resnet_supported
+from deta.fast_cpu import (
+    capabilities,
+    fused_resnet_forward,
+    fused_resnet_supported,
+    override_capabilities,
+)
 
 from .tiny import tiny_cfg
 
@@ -27,7 +32,7 @@ def backbone(*opts):
     return model
 
 
-@unittest.skipIf(_CONV is None, "this torch build has no oneDNN convolution")
+@unittest.skipIf(not capabilities().onednn_conv, "this torch build has no oneDNN convolution")
 class TestFusedResNet(unittest.TestCase):
     def check_equal(self, model, x, rtol):
         with torch.no_grad():
@@ -64,15 +69,29 @@ class TestFusedResNet(unittest.TestCase):
         model = backbone("MODEL.RESNETS.OUT_FEATURES", ["stem", "res2", "res4"])
         self.check_equal(model, torch.randn(1, 3, 64, 80), rtol=1e-5)
 
-    def test_bf16_autocast_is_close_to_autocast_detectron2(self):
+    @unittest.skipIf(not capabilities().bf16, "oneDNN has no bf16 on this CPU (or under its cap)")
+    def test_bf16_is_close_to_autocast_detectron2(self):
         model = backbone()
         x = torch.randn(1, 3, 96, 128)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            ref, out = model(x), fused_resnet_forward(model, x)
+            ref, out = model(x), fused_resnet_forward(model, x, torch.bfloat16)
         for k in ref:
             self.assertEqual(out[k].dtype, torch.bfloat16)
             rel = ((out[k].float() - ref[k].float()).norm() / ref[k].float().norm()).item()
             self.assertLess(rel, 2e-2, k)  # bf16 rounding of folded vs. unfolded weights
+
+    def test_bf16_without_cpu_support_is_refused_by_name(self):
+        # The dispatch never asks for it (it picks float32); a direct call gets a clear error
+        # instead of oneDNN's.
+        with override_capabilities(bf16=False), self.assertRaisesRegex(RuntimeError, "bfloat16"):
+            with torch.no_grad():
+                fused_resnet_forward(backbone(), torch.randn(1, 3, 64, 64), torch.bfloat16)
+
+    def test_no_onednn_conv_means_not_supported(self):
+        model = backbone()
+        self.assertTrue(fused_resnet_supported(model))
+        with override_capabilities(onednn_conv=False):
+            self.assertFalse(fused_resnet_supported(model))
 
     def test_batchnorm_in_eval_mode_is_folded(self):
         model = backbone("MODEL.RESNETS.NORM", "BN")  # what configs/deta_R_18_synthetic_cpu uses

@@ -74,6 +74,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("im2col_step"));
   m.def("has_cuda", &has_cuda, "Whether deta._C was built with CUDA kernels");
   m.def(
+      "cpu_kernel_isa",
+      &cpu_kernel_isa,
+      "Build of the CPU kernels used now: 'avx2' or 'baseline' "
+      "($DETA_CPU_KERNEL_ISA=baseline forces it)");
+  m.def(
       "get_cuda_version",
       &get_cuda_version,
       "CUDA runtime version deta._C was built against");

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <torch/types.h>
@@ -257,6 +258,10 @@ inline void check_ms_deform_attn_grad(
       grad_output.sizes());
   detail::check_float_tensor(grad_output, "grad_output", value);
 }
+
+// The build of the CPU kernels a call runs now: "avx2" (x86-64-v3) or
+// "baseline"; $DETA_CPU_KERNEL_ISA=baseline forces the latter.
+std::string cpu_kernel_isa();
 
 at::Tensor ms_deform_attn_forward_cpu(
     const at::Tensor& value,

@@ -20,6 +20,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -40,13 +43,16 @@
 #endif
 
 // setup.py builds for the baseline ISA (SSE2 on x86-64). GCC additionally
-// emits an AVX2 clone of the hot loops and picks one at load time by CPU.
+// compiles the hot loops for x86-64-v3 (AVX2, FMA); cpu_kernel_isa() picks
+// one per call: the AVX2 build where the CPU has it, unless
+// $DETA_CPU_KERNEL_ISA says "baseline" (tests run both on one machine).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
     defined(__linux__)
-#define DETA_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DETA_HAVE_AVX2_BUILD 1
+#define DETA_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
 #else
-#define DETA_CPU_CLONES
+#define DETA_HAVE_AVX2_BUILD 0
+#define DETA_TARGET_AVX2
 #endif
 
 // Helpers called from the cloned functions must be inlined into them to run
@@ -345,7 +351,7 @@ DETA_INLINE void gather_group(
 // the next group are gathered, and their rows prefetched, before the channel
 // loops of the current one run, so the row loads overlap with arithmetic.
 template <typename scalar_t, int kD>
-DETA_CPU_CLONES void forward_range(
+DETA_INLINE void forward_range(
     const Problem<scalar_t>& pb,
     int64_t begin,
     int64_t end) {
@@ -417,7 +423,7 @@ DETA_INLINE void backward_block(
 // chunk, scattering into the slice's grad_value or the chunk's own buffer.
 // Pipelined over queries like forward_range.
 template <typename scalar_t, int kD>
-DETA_CPU_CLONES void backward_range(
+DETA_INLINE void backward_range(
     const Problem<scalar_t>& pb,
     int64_t begin,
     int64_t end) {
@@ -480,6 +486,46 @@ DETA_CPU_CLONES void backward_range(
   }
 }
 
+// The two builds of each range function: the body is inlined into each, so it
+// is compiled once for the baseline ISA and once for AVX2.
+template <typename scalar_t, int kD>
+void forward_range_baseline(const Problem<scalar_t>& pb, int64_t b, int64_t e) {
+  forward_range<scalar_t, kD>(pb, b, e);
+}
+
+template <typename scalar_t, int kD>
+DETA_TARGET_AVX2 void forward_range_avx2(
+    const Problem<scalar_t>& pb,
+    int64_t b,
+    int64_t e) {
+  forward_range<scalar_t, kD>(pb, b, e);
+}
+
+template <typename scalar_t, int kD>
+void backward_range_baseline(
+    const Problem<scalar_t>& pb,
+    int64_t b,
+    int64_t e) {
+  backward_range<scalar_t, kD>(pb, b, e);
+}
+
+template <typename scalar_t, int kD>
+DETA_TARGET_AVX2 void backward_range_avx2(
+    const Problem<scalar_t>& pb,
+    int64_t b,
+    int64_t e) {
+  backward_range<scalar_t, kD>(pb, b, e);
+}
+
+bool cpu_has_avx2() {
+#if DETA_HAVE_AVX2_BUILD
+  static const bool has = __builtin_cpu_supports("x86-64-v3");
+  return has;
+#else
+  return false;
+#endif
+}
+
 // Fixed-order sum of the extra chunk buffers into grad_value, for (slice,
 // position) pairs [begin, end).
 template <typename scalar_t>
@@ -539,7 +585,21 @@ Problem<scalar_t> make_problem(
   return pb;
 }
 
+bool use_avx2_kernels() {
+  return cpu_kernel_isa() == "avx2";
+}
+
 } // namespace
+
+std::string cpu_kernel_isa() {
+  // Read on every call (once per op call, not per element), so tests can
+  // switch builds within one process.
+  const char* requested = std::getenv("DETA_CPU_KERNEL_ISA");
+  if (requested != nullptr && std::strcmp(requested, "baseline") == 0) {
+    return "baseline";
+  }
+  return cpu_has_avx2() ? "avx2" : "baseline";
+}
 
 at::Tensor ms_deform_attn_forward_cpu(
     const at::Tensor& value,
@@ -566,8 +626,14 @@ at::Tensor ms_deform_attn_forward_cpu(
         const int64_t groups = d.batch * d.queries * d.heads;
         dispatch_channels(d.channels, [&](auto kd) {
           // A group is L * P * 4 * D multiply-adds (2.5k in DETA).
+          constexpr int kD = decltype(kd)::value;
+          const bool avx2 = use_avx2_kernels();
           at::parallel_for(0, groups, 128, [&](int64_t b, int64_t e) {
-            forward_range<scalar_t, decltype(kd)::value>(pb, b, e);
+            if (avx2) {
+              forward_range_avx2<scalar_t, kD>(pb, b, e);
+            } else {
+              forward_range_baseline<scalar_t, kD>(pb, b, e);
+            }
           });
         });
       });
@@ -617,8 +683,14 @@ std::vector<at::Tensor> ms_deform_attn_backward_cpu(
         pb.chunks = chunks;
         pb.partial = chunks > 1 ? partial.data_ptr<scalar_t>() : nullptr;
         dispatch_channels(d.channels, [&](auto kd) {
+          constexpr int kD = decltype(kd)::value;
+          const bool avx2 = use_avx2_kernels();
           at::parallel_for(0, slices * chunks, 1, [&](int64_t b, int64_t e) {
-            backward_range<scalar_t, decltype(kd)::value>(pb, b, e);
+            if (avx2) {
+              backward_range_avx2<scalar_t, kD>(pb, b, e);
+            } else {
+              backward_range_baseline<scalar_t, kD>(pb, b, e);
+            }
           });
         });
         if (chunks > 1) {

@@ -13,7 +13,8 @@ Only the plain Detectron2 structure is handled: ``BasicStem`` + ``BasicBlock`` /
 eval mode (what ``NORM: "BN"`` trains, as the synthetic CPU config does).
 :func:`fused_resnet_supported` says whether a backbone qualifies (it is checked on every call, so
 ``model.train()`` turns the fusion off); anything else (GN, SyncBatchNorm, deformable blocks, a
-classification head, Swin) uses its own forward.
+classification head, Swin) uses its own forward. The convolutions run in bfloat16 only where
+oneDNN supports it on this CPU (:mod:`.capabilities`); elsewhere in float32.
 """
 
 from typing import Dict, Optional, Tuple
@@ -25,19 +26,9 @@ from torch import nn
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 
+from .capabilities import capabilities
+
 __all__ = ["fused_resnet_forward", "fused_resnet_supported"]
-
-
-def _conv_op():
-    try:
-        op = torch.ops.mkldnn._convolution_pointwise
-        ops = op.default, op.binary
-    except (AttributeError, RuntimeError):
-        return None, None
-    return ops if torch.backends.mkldnn.is_available() else (None, None)
-
-
-_CONV, _CONV_ADD = _conv_op()
 
 
 def _frozen_stats(norm: nn.Module) -> bool:
@@ -65,8 +56,10 @@ def _foldable(conv: nn.Module) -> bool:
 
 
 def fused_resnet_supported(backbone: nn.Module) -> bool:
-    """Whether :func:`fused_resnet_forward` can run ``backbone`` (checked once per model)."""
-    if _CONV is None or type(backbone) is not ResNet or backbone.num_classes is not None:
+    """Whether :func:`fused_resnet_forward` can run ``backbone`` (cheap: checked every call)."""
+    if not capabilities().onednn_conv:
+        return False
+    if type(backbone) is not ResNet or backbone.num_classes is not None:
         return False
     if type(backbone.stem) is not BasicStem or not _foldable(backbone.stem.conv1):
         return False
@@ -109,11 +102,12 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, relu: bool, residual: Optional[torch
     """``relu?(BN(conv(x)) [+ residual])`` as one oneDNN convolution."""
     weight, bias = _folded(conv, x.dtype)
     geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)
+    op = torch.ops.mkldnn._convolution_pointwise
     if residual is None:
-        return _CONV(x, weight, bias, *geometry, "relu" if relu else "none", [], "")
+        return op.default(x, weight, bias, *geometry, "relu" if relu else "none", [], "")
     unary = "relu" if relu else None
     # unary(conv(x) + residual); oneDNN's in-place "sum" form would refuse the fused ReLU.
-    return _CONV_ADD(x, residual, weight, bias, *geometry, "add", None, unary, [], "")
+    return op.binary(x, residual, weight, bias, *geometry, "add", None, unary, [], "")
 
 
 def _block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -125,19 +119,23 @@ def _block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _conv(block.conv2, out, relu=True, residual=shortcut)
 
 
-def fused_resnet_forward(backbone: ResNet, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+def fused_resnet_forward(
+    backbone: ResNet, x: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> Dict[str, torch.Tensor]:
     """``backbone(x)`` for inference, with folded FrozenBN and fused ReLU / residual adds.
 
     Args:
         backbone (ResNet): a backbone for which :func:`fused_resnet_supported` is True.
-        x (Tensor): (N, 3, H, W) float32 input, autograd off. Under
-            ``torch.autocast("cpu", dtype=torch.bfloat16)`` the convolutions run in bfloat16.
+        x (Tensor): (N, 3, H, W) float32 input, autograd off.
+        dtype: the convolutions' dtype, float32 or (where oneDNN supports it) bfloat16, as
+            :func:`~deta.fast_cpu.dispatch.compute_dtype` chooses.
 
     Returns:
         dict: the requested ``backbone.output_shape()`` features, as ``backbone(x)`` returns.
     """
-    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-        x = x.to(torch.bfloat16)  # what autocast does to each conv input, done once
+    if dtype == torch.bfloat16 and not capabilities().bf16:
+        raise RuntimeError(f"bfloat16 convolutions: {capabilities().reasons['bf16']}")
+    x = x.to(dtype)  # what autocast does to each conv input, done once
     # oneDNN's native layout; for NCHW bf16 the fused add+ReLU falls back to an ATen kernel that
     # has no bf16 add_relu.
     x = x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,34 @@
+"""``python -m deta.utils.collect_env`` names the build and every CPU fast path's state."""
+
+import os
+import subprocess
+import sys
+import unittest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def collect_env(**env) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "deta.utils.collect_env"],
+        env=dict(os.environ, **env), cwd=REPO, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+class TestCollectEnv(unittest.TestCase):
+    def test_reports_fast_paths_and_overrides(self):
+        text = collect_env(DETA_CPU_CAPS="bf16=0,onednn_conv=0", DETA_CPU_KERNEL_ISA="baseline")
+        for row in ("CPU fast paths", "oneDNN linears", "fused ResNet convs", "AMX", "ATen CPU"):
+            self.assertIn(row, text)
+        self.assertRegex(text, r"fused ResNet convs\s+inactive: .*DETA_CPU_CAPS")
+        self.assertRegex(text, r"under bf16 autocast\s+falls back to float32")
+        if "deta._C  " in text and "importable" in text:
+            self.assertRegex(text, r"deta._C CPU kernels\s+baseline build \(forced")
+
+    def test_switch_off(self):
+        self.assertRegex(collect_env(DETA_FAST_CPU_INFERENCE="0"), r"CPU fast paths\s+off")
+
+
+if __name__ == "__main__":
+    unittest.main()
