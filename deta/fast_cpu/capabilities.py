@@ -28,6 +28,7 @@ import torch
 __all__ = ["CpuCapabilities", "capabilities", "override_capabilities", "ENV_CAPS"]
 
 ENV_CAPS = "DETA_CPU_CAPS"
+_FLAGS = ("onednn_linear", "onednn_conv", "bf16", "amx", "avx512")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,7 @@ def _onednn_isa_cap() -> str:
 
 
 def _parse_overrides(text: str) -> Dict[str, bool]:
-    fields = {"onednn_linear", "onednn_conv", "bf16", "amx", "avx512"}
+    fields = set(_FLAGS)
     out = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         key, sep, value = item.partition("=")
@@ -131,13 +132,23 @@ def _probe() -> CpuCapabilities:
         amx=amx,
         avx512=avx512,
     )
-    overrides = _parse_overrides(os.environ.get(ENV_CAPS, ""))
-    for key, value in overrides.items():
-        caps[key] = value
-        reasons[key] = f"forced to {value} by ${ENV_CAPS}"
+    _apply(caps, reasons, _parse_overrides(os.environ.get(ENV_CAPS, "")), f"${ENV_CAPS}")
     return CpuCapabilities(
         aten_capability=torch.backends.cpu.get_cpu_capability(), reasons=reasons, **caps
     )
+
+
+def _apply(caps: Dict[str, bool], reasons: Dict[str, str], flags: Dict[str, bool], source: str):
+    """Set ``flags`` in ``caps``; "no AVX-512" also means no bf16 and no AMX unless they are
+    given too (oneDNN's bf16 needs AVX-512 BW/VL/DQ, AVX-NE-CONVERT or AMX)."""
+    for key, value in flags.items():
+        caps[key] = value
+        reasons[key] = f"forced to {value} by {source}"
+    if flags.get("avx512") is False:
+        for key in ("bf16", "amx"):
+            if key not in flags and caps[key]:
+                caps[key] = False
+                reasons[key] = f"off: follows avx512=False ({source})"
 
 
 _overridden: Optional[CpuCapabilities] = None
@@ -163,9 +174,13 @@ def override_capabilities(**flags: bool) -> Iterator[CpuCapabilities]:
     global _overridden
     saved = _overridden
     base = capabilities()
+    unknown = set(flags) - set(_FLAGS)
+    if unknown:
+        raise TypeError(f"override_capabilities: unknown flags {sorted(unknown)}")
     reasons = dict(base.reasons)
-    reasons.update({k: f"forced to {v} by override_capabilities" for k, v in flags.items()})
-    _overridden = dataclasses.replace(base, reasons=reasons, **flags)
+    caps = {k: getattr(base, k) for k in _FLAGS}
+    _apply(caps, reasons, flags, "override_capabilities")
+    _overridden = dataclasses.replace(base, reasons=reasons, **caps)
     try:
         yield _overridden
     finally:

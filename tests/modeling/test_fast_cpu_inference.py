@@ -168,6 +168,18 @@ class TestDispatch(unittest.TestCase):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
             self.assertIsNone(fast_cpu.compute_dtype(x))
 
+    def test_no_avx512_also_means_no_bf16_and_no_amx(self):
+        with fast_cpu.override_capabilities(avx512=False) as caps:
+            self.assertFalse(caps.bf16 or caps.amx or caps.avx512)
+            x = torch.zeros(1)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                self.assertEqual(fast_cpu.compute_dtype(x), torch.float32)
+        with fast_cpu.override_capabilities(avx512=False, bf16=True) as caps:
+            self.assertTrue(caps.bf16)  # e.g. AVX-NE-CONVERT without AVX-512
+        with self.assertRaisesRegex(TypeError, "sse"):
+            with fast_cpu.override_capabilities(sse=False):
+                pass
+
     def test_capability_env_override_is_parsed_and_checked(self):
         self.assertEqual(_parse_overrides("bf16=0, amx=1"), {"bf16": False, "amx": True})
         for bad in ("bf16", "bf16=2", "sse=1"):
