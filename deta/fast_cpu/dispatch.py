@@ -69,7 +69,8 @@ def compute_dtype(
             return torch.bfloat16
         _warn_once(
             f"bfloat16 autocast: {caps.reasons.get('bf16', 'oneDNN has no bf16 here')}; the CPU "
-            "fast paths compute in float32 (the other ops follow autocast)"
+            "fast paths compute in float32 and the other ops in emulated bf16, which is slower "
+            "than float32 on this CPU: run without autocast for speed"
         )
         return torch.float32
     return torch.float32 if x.dtype == torch.float32 else None
