@@ -1,12 +1,18 @@
-"""``add_deta_config``: every DETA hyper-parameter as a yacs key.
+"""``add_deta_config``: every DETA hyper-parameter as a yacs key, and ``check_deta_config``,
+which checks them.
 
 Keys carry the official ``main.py`` flag (or the hard-coded constant they replace) in brackets.
 Defaults are those of the official ``configs/deta.sh`` (DETA R-50, 12 epochs).
 """
 
-from detectron2.config import CfgNode as CN
+import logging
 
-__all__ = ["add_deta_config"]
+from detectron2.config import CfgNode as CN
+from detectron2.utils.logger import log_first_n
+
+from .layers.ms_deform_attn_func import MSDA_IMPLS
+
+__all__ = ["add_deta_config", "check_deta_config"]
 
 
 def add_deta_config(cfg: CN) -> None:
@@ -25,6 +31,8 @@ def add_deta_config(cfg: CN) -> None:
     d.ENC_N_POINTS = 4  # [--enc_n_points]
     d.DEC_N_POINTS = 4  # [--dec_n_points]
     d.NUM_QUERIES = 900  # [--num_queries]
+    # Fixed: every released model is two-stage with box refinement, the only variant built here.
+    # The keys stay so that a config can say so; check_deta_config rejects False with a reason.
     d.WITH_BOX_REFINE = True  # [--with_box_refine]
     d.TWO_STAGE = True  # [--two_stage]
     d.MIX_SELECTED_FEATURES = True  # DETA's pix_trans: add selected encoder features to the queries
@@ -40,7 +48,6 @@ def add_deta_config(cfg: CN) -> None:
     d.COST_GIOU = 2.0  # [--set_cost_giou]
     d.ASSIGN_FIRST_STAGE = True  # [--assign_first_stage]: Stage1Assigner + proposal NMS selection
     d.ASSIGN_SECOND_STAGE = True  # [--assign_second_stage]: Stage2Assigner (+ NMS_ON_TEST)
-    d.IM2COL_STEP = 64  # [MSDeformAttn im2col_step]
     d.MSDA_IMPL = "auto"  # deformable-attention kernel: auto | pytorch | cpp (| cuda)
 
     d.STAGE1 = CN()  # encoder proposals vs. fixed anchors [Stage1Assigner]
@@ -93,3 +100,89 @@ def add_deta_config(cfg: CN) -> None:
     cfg.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 
     cfg.INPUT.CROP.PRE_RESIZE_SIZES = [400, 500, 600]  # resize before RandomSizeCrop [DETR]
+
+
+def _require(ok: bool, key: str, value, constraint: str) -> None:
+    if not ok:
+        raise ValueError(f"MODEL.DETA.{key}={value!r}: {constraint}")
+
+
+def check_deta_config(cfg) -> None:
+    """Raise ``ValueError`` for inconsistent DETA settings before any module is built."""
+    d = cfg.MODEL.DETA
+    _require(d.NUM_CLASSES >= 1, "NUM_CLASSES", d.NUM_CLASSES, "must be >= 1")
+    _require(
+        d.HIDDEN_DIM % d.NHEADS == 0,
+        "HIDDEN_DIM",
+        d.HIDDEN_DIM,
+        f"must be divisible by MODEL.DETA.NHEADS={d.NHEADS}",
+    )
+    _require(d.HIDDEN_DIM % 2 == 0, "HIDDEN_DIM", d.HIDDEN_DIM, "must be even (sine encoding)")
+    _require(d.NUM_QUERIES >= 1, "NUM_QUERIES", d.NUM_QUERIES, "must be >= 1")
+    _require(len(d.IN_FEATURES) >= 1, "IN_FEATURES", d.IN_FEATURES, "needs at least one level")
+    _require(
+        d.NUM_FEATURE_LEVELS >= len(d.IN_FEATURES),
+        "NUM_FEATURE_LEVELS",
+        d.NUM_FEATURE_LEVELS,
+        f"must be >= len(MODEL.DETA.IN_FEATURES)={len(d.IN_FEATURES)}",
+    )
+    for key in ("ENC_LAYERS", "DEC_LAYERS", "ENC_N_POINTS", "DEC_N_POINTS", "DIM_FEEDFORWARD"):
+        _require(d[key] >= 1, key, d[key], "must be >= 1")
+    _require(0.0 <= d.DROPOUT < 1.0, "DROPOUT", d.DROPOUT, "must be in [0, 1)")
+    _require(
+        d.TWO_STAGE,
+        "TWO_STAGE",
+        d.TWO_STAGE,
+        "only the two-stage model is implemented (every released DETA/Deformable-DETR "
+        "config in configs/ is two-stage)",
+    )
+    _require(
+        d.WITH_BOX_REFINE,
+        "WITH_BOX_REFINE",
+        d.WITH_BOX_REFINE,
+        "two-stage needs iterative box refinement (the first-stage box head is one of the "
+        "refinement heads)",
+    )
+    _require(d.MSDA_IMPL in MSDA_IMPLS, "MSDA_IMPL", d.MSDA_IMPL, f"must be one of {MSDA_IMPLS}")
+    for stage in ("STAGE1", "STAGE2"):
+        s = d[stage]
+        _require(
+            len(s.IOU_LABELS) == len(s.IOU_THRESHOLDS) + 1,
+            f"{stage}.IOU_LABELS",
+            list(s.IOU_LABELS),
+            f"needs len(IOU_THRESHOLDS)+1 = {len(s.IOU_THRESHOLDS) + 1} entries",
+        )
+        _require(
+            list(s.IOU_THRESHOLDS) == sorted(s.IOU_THRESHOLDS),
+            f"{stage}.IOU_THRESHOLDS",
+            list(s.IOU_THRESHOLDS),
+            "must be sorted ascending",
+        )
+        _require(
+            0.0 < s.POSITIVE_FRACTION <= 1.0,
+            f"{stage}.POSITIVE_FRACTION",
+            s.POSITIVE_FRACTION,
+            "must be in (0, 1]",
+        )
+        _require(s.MAX_K >= 1, f"{stage}.MAX_K", s.MAX_K, "must be >= 1")
+    _require(
+        d.PROPOSAL_PRE_NMS_TOPK >= 1,
+        "PROPOSAL_PRE_NMS_TOPK",
+        d.PROPOSAL_PRE_NMS_TOPK,
+        "must be >= 1",
+    )
+    _require(
+        0.0 < d.PROPOSAL_NMS_THRESH <= 1.0,
+        "PROPOSAL_NMS_THRESH",
+        d.PROPOSAL_NMS_THRESH,
+        "must be in (0, 1]",
+    )
+    _require(
+        0.0 < d.NMS_THRESH_TEST <= 1.0, "NMS_THRESH_TEST", d.NMS_THRESH_TEST, "must be in (0, 1]"
+    )
+    if d.NMS_ON_TEST and not d.ASSIGN_SECOND_STAGE:
+        log_first_n(
+            logging.WARNING,
+            "MODEL.DETA.NMS_ON_TEST without ASSIGN_SECOND_STAGE: allowed, but not a setting of the "
+            "paper (one-to-one matching is evaluated without NMS).",
+        )

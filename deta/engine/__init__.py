@@ -1,6 +1,8 @@
-"""Training-loop plumbing: CPU-capable multi-process launch, safe checkpoints, loss checks."""
+"""Training-loop plumbing: CPU-capable multi-process launch, loss checks, and (re-exported from
+``deta.checkpoint``) the safe checkpointer."""
 
-from .hooks import DetaCheckpointer, add_nonfinite_loss_check, check_finite_state
+from ..checkpoint import DetaCheckpointer, check_finite_state
+from .hooks import add_nonfinite_loss_check
 from .launch import cpu_safe_ddp, create_ddp_model, launch, launched_by_torchrun
 
 __all__ = [

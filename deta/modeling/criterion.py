@@ -14,7 +14,10 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from detectron2.utils import comm
 
-__all__ = ["SetCriterion"]
+from .assigner import Stage1Assigner, Stage2Assigner
+from .matcher import HungarianMatcher
+
+__all__ = ["SetCriterion", "build_criterion"]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -30,31 +33,35 @@ class SetCriterion(nn.Module):
     """Losses of DETA / Deformable DETR.
 
     Args:
-        num_classes (int): classification outputs K (no background logit).
         matcher (nn.Module): one-to-one matcher for outputs without an IoU assigner.
+        weight_dict (dict): weight of each returned loss key (``loss_ce``, ``loss_bbox_0``, ...).
         stage1_assigner, stage2_assigner (nn.Module or None): DETA's assigners; when given they
             replace the matcher for the encoder / decoder outputs.
-        weight_dict (dict): weight of each returned loss key (``loss_ce``, ``loss_bbox_0``, ...).
+
+    Attributes:
+        last_indices (dict): the assignment of the last :meth:`forward`, as :meth:`assign`
+            returns it (``final``, ``aux_i``, ``enc`` → per image (prediction, target) index
+            pairs); empty before the first call. The meta-architecture logs positives from it.
     """
 
     def __init__(
         self,
-        num_classes: int,
         matcher: nn.Module,
         weight_dict: Dict[str, float],
+        *,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         stage1_assigner: Optional[nn.Module] = None,
         stage2_assigner: Optional[nn.Module] = None,
     ):
         super().__init__()
-        self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = weight_dict
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.stage1_assigner = stage1_assigner
         self.stage2_assigner = stage2_assigner
+        self.last_indices: Dict[str, Indices] = {}
 
     def loss_labels(self, outputs, targets, indices: Indices, num_boxes: float):
         logits = outputs["pred_logits"]
@@ -137,3 +144,52 @@ class SetCriterion(nn.Module):
             )
         self.last_indices = indices
         return losses
+
+
+def build_criterion(cfg) -> SetCriterion:
+    """The loss of DETA (assigners on) or the Improved Deformable DETR baseline (Hungarian)."""
+    d = cfg.MODEL.DETA
+    s1, s2 = d.STAGE1, d.STAGE2
+    base = {"loss_ce": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT}
+    weight_dict = dict(base)
+    if d.DEEP_SUPERVISION:
+        for i in range(d.DEC_LAYERS - 1):
+            weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
+    # The encoder loss is kept without deep supervision: the official --no_aux_loss silently
+    # dropped it, leaving the first stage untrained; we fix that deliberately.
+    weight_dict.update({f"{k}_enc": v for k, v in base.items()})
+    stage1 = stage2 = None
+    if d.ASSIGN_FIRST_STAGE:
+        stage1 = Stage1Assigner(
+            iou_thresholds=s1.IOU_THRESHOLDS,
+            iou_labels=s1.IOU_LABELS,
+            allow_low_quality_matches=s1.ALLOW_LOW_QUALITY_MATCHES,
+            batch_size_per_image=s1.BATCH_SIZE_PER_IMAGE,
+            positive_fraction=s1.POSITIVE_FRACTION,
+            max_k=s1.MAX_K,
+        )
+    if d.ASSIGN_SECOND_STAGE:
+        stage2 = Stage2Assigner(
+            num_classes=d.NUM_CLASSES,
+            num_queries=d.NUM_QUERIES,
+            iou_thresholds=s2.IOU_THRESHOLDS,
+            iou_labels=s2.IOU_LABELS,
+            allow_low_quality_matches=s2.ALLOW_LOW_QUALITY_MATCHES,
+            positive_fraction=s2.POSITIVE_FRACTION,
+            max_k=s2.MAX_K,
+        )
+    matcher = HungarianMatcher(
+        cost_class=d.COST_CLASS,
+        cost_bbox=d.COST_BBOX,
+        cost_giou=d.COST_GIOU,
+        alpha=d.FOCAL_LOSS_ALPHA,
+        gamma=d.FOCAL_LOSS_GAMMA,
+    )
+    return SetCriterion(
+        matcher,
+        weight_dict,
+        focal_alpha=d.FOCAL_LOSS_ALPHA,
+        focal_gamma=d.FOCAL_LOSS_GAMMA,
+        stage1_assigner=stage1,
+        stage2_assigner=stage2,
+    )

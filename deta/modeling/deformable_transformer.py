@@ -5,7 +5,7 @@ Shape shorthand: ``B`` batch, ``S`` encoder tokens (sum of H_l * W_l), ``L`` fea
 """
 
 import copy
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -13,6 +13,8 @@ from torch.profiler import record_function
 
 from .. import fast_cpu
 from ..layers import MSDeformAttn
+from .heads import inverse_sigmoid
+from .neck import valid_ratios_of
 from .position_encoding import box_sine_embedding
 from .two_stage import encoder_output_proposals
 
@@ -22,44 +24,7 @@ __all__ = [
     "DeformableDecoderLayer",
     "DeformableDecoder",
     "DeformableTransformer",
-    "MLP",
-    "inverse_sigmoid",
-    "valid_ratios_of",
 ]
-
-
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Clamped logit, bounded by ±log(1/eps - 1)."""
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def valid_ratios_of(mask: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) padding mask → (B, 2) valid fraction (w, h), read from row 0 / column 0."""
-    _, H, W = mask.shape
-    valid_h = torch.sum(~mask[:, :, 0], 1)
-    valid_w = torch.sum(~mask[:, 0, :], 1)
-    return torch.stack([valid_w.float() / W, valid_h.float() / H], -1)
-
-
-class MLP(nn.Module):
-    """``num_layers`` Linear layers with ReLU in between (the box head)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        outs = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = fast_cpu.compute_dtype(x, self)
-        if dtype is not None:  # CPU inference: oneDNN linears with fused ReLU
-            return fast_cpu.mlp_forward(self, dtype, x)
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = torch.relu(x)
-        return x
 
 
 def _clones(module: nn.Module, n: int) -> nn.ModuleList:
@@ -339,77 +304,111 @@ class DeformableTransformer(nn.Module):
             ``spatial_shapes``, ``level_start_index``, ``valid_ratios``.
         """
         with record_function("deta.flatten"):
-            shapes = [tuple(src.shape[-2:]) for src in srcs]
-            src_flatten = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
-            mask_flatten = torch.cat([m.flatten(1) for m in masks], 1)
-            pos_flatten = torch.cat(
-                [
-                    p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
-                    for lvl, p in enumerate(pos_embeds)
-                ],
-                1,
-            )
-            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
-            level_start_index = torch.cat(
-                (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
-            )
-            valid_ratios = torch.stack([valid_ratios_of(m) for m in masks], 1)
+            levels = self.flatten_levels(srcs, masks, pos_embeds)
         with record_function("deta.encoder"):
             memory = self.encoder(
-                src_flatten,
-                spatial_shapes,
-                level_start_index,
-                valid_ratios,
-                pos_flatten,
-                mask_flatten,
+                levels["src"],
+                levels["spatial_shapes"],
+                levels["level_start_index"],
+                levels["valid_ratios"],
+                levels["pos"],
+                levels["mask"],
             )
-
         with record_function("deta.proposals"):
-            out_memory, proposals, level_ids = encoder_output_proposals(
-                memory, mask_flatten, shapes, self.proposal_base_size, self.proposal_valid_range
-            )
-            out_memory = self.enc_output_norm(self.enc_output(out_memory))
-            head = self.decoder.num_layers
-            enc_class = self.decoder.class_embed[head](out_memory)
-            enc_coord_unact = self.decoder.bbox_embed[head](out_memory) + proposals
-
+            first = self.first_stage(memory, levels["mask"], levels["shapes"])
         with record_function("deta.select"):
+            sizes = [h * w for h, w in levels["shapes"]]
             selected = self.select_queries(
-                enc_class[..., 0], enc_coord_unact, level_ids, [h * w for h, w in shapes]
+                first["class"][..., 0], first["coord_unact"], first["level_ids"], sizes
             )
-            index4 = selected.unsqueeze(-1).expand(-1, -1, 4)
-            coords_unact = torch.gather(enc_coord_unact, 1, index4).detach()
-            reference_points = coords_unact.sigmoid()
-            pos_trans = self.pos_trans_norm(
-                self.pos_trans(box_sine_embedding(coords_unact, self.d_model // 2))
-            )
-            query_pos, tgt = torch.split(pos_trans, self.d_model, dim=2)
-            if self.mix_selected_features:
-                index_c = selected.unsqueeze(-1).expand(-1, -1, out_memory.shape[-1])
-                feats = torch.gather(out_memory, 1, index_c).detach()
-                tgt = tgt + self.pix_trans_norm(self.pix_trans(feats))
-
+            tgt, query_pos, reference_points = self.init_queries(first, selected)
         with record_function("deta.decoder"):
             hs, inter_references = self.decoder(
                 tgt,
                 reference_points,
                 memory,
-                spatial_shapes,
-                level_start_index,
-                valid_ratios,
+                levels["spatial_shapes"],
+                levels["level_start_index"],
+                levels["valid_ratios"],
                 query_pos,
-                mask_flatten,
+                levels["mask"],
             )
         return {
             "hs": hs,
             "init_reference": reference_points,
             "inter_references": inter_references,
-            "enc_outputs_class": enc_class,
-            "enc_outputs_coord_unact": enc_coord_unact,
-            "anchors": proposals.sigmoid(),
+            "enc_outputs_class": first["class"],
+            "enc_outputs_coord_unact": first["coord_unact"],
+            "anchors": first["proposals"].sigmoid(),
             "selected": selected,
             "memory": memory,
-            "spatial_shapes": spatial_shapes,
-            "level_start_index": level_start_index,
-            "valid_ratios": valid_ratios,
+            "spatial_shapes": levels["spatial_shapes"],
+            "level_start_index": levels["level_start_index"],
+            "valid_ratios": levels["valid_ratios"],
         }
+
+    def flatten_levels(self, srcs, masks, pos_embeds) -> Dict[str, Any]:
+        """Concatenate the levels into token sequences; positions get their level embedding.
+
+        Returns:
+            dict: ``src``, ``pos`` (B, S, C), ``mask`` (B, S), ``shapes`` [(H_l, W_l)],
+            ``spatial_shapes`` (L, 2), ``level_start_index`` (L,), ``valid_ratios`` (B, L, 2).
+        """
+        shapes = [tuple(src.shape[-2:]) for src in srcs]
+        pos = [
+            p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
+            for lvl, p in enumerate(pos_embeds)
+        ]
+        src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
+        return {
+            "src": src,
+            "pos": torch.cat(pos, 1),
+            "mask": torch.cat([m.flatten(1) for m in masks], 1),
+            "shapes": shapes,
+            "spatial_shapes": spatial_shapes,
+            "level_start_index": torch.cat(
+                (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
+            ),
+            "valid_ratios": torch.stack([valid_ratios_of(m) for m in masks], 1),
+        }
+
+    def first_stage(self, memory, mask, shapes) -> Dict[str, torch.Tensor]:
+        """One proposal per encoder token, scored and refined by the first-stage heads.
+
+        Returns:
+            dict: ``memory`` (B, S, C) the normalised token features, ``proposals`` (B, S, 4)
+            anchors in logit space (+inf where masked out), ``level_ids`` (S,), ``class``
+            (B, S, K) logits (index 0 is objectness), ``coord_unact`` (B, S, 4) refined boxes
+            in logit space.
+        """
+        out_memory, proposals, level_ids = encoder_output_proposals(
+            memory, mask, shapes, self.proposal_base_size, self.proposal_valid_range
+        )
+        out_memory = self.enc_output_norm(self.enc_output(out_memory))
+        head = self.decoder.num_layers
+        return {
+            "memory": out_memory,
+            "proposals": proposals,
+            "level_ids": level_ids,
+            "class": self.decoder.class_embed[head](out_memory),
+            "coord_unact": self.decoder.bbox_embed[head](out_memory) + proposals,
+        }
+
+    def init_queries(self, first: Dict[str, torch.Tensor], selected: torch.Tensor):
+        """Decoder inputs from the selected tokens (B, Q): content ``tgt`` and ``query_pos``
+        from the sine embedding of their boxes (plus, in DETA, their encoder features), and
+        the boxes themselves as reference points (B, Q, 4). Nothing flows back into the
+        first stage through them (detached)."""
+        index4 = selected.unsqueeze(-1).expand(-1, -1, 4)
+        coords_unact = torch.gather(first["coord_unact"], 1, index4).detach()
+        pos_trans = self.pos_trans_norm(
+            self.pos_trans(box_sine_embedding(coords_unact, self.d_model // 2))
+        )
+        query_pos, tgt = torch.split(pos_trans, self.d_model, dim=2)
+        if self.mix_selected_features:
+            memory = first["memory"]
+            index_c = selected.unsqueeze(-1).expand(-1, -1, memory.shape[-1])
+            feats = torch.gather(memory, 1, index_c).detach()
+            tgt = tgt + self.pix_trans_norm(self.pix_trans(feats))
+        return tgt, query_pos, coords_unact.sigmoid()

@@ -8,9 +8,7 @@ Shape shorthand: ``B`` batch, ``Q`` queries, ``K`` classes, ``S`` encoder tokens
 layers.
 """
 
-import copy
 import logging
-import math
 from functools import partial
 from typing import Dict, List, Tuple
 
@@ -25,35 +23,28 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
 from .. import fast_cpu
-from .assigner import Stage1Assigner, Stage2Assigner
-from .backbone import backbone_channels, build_input_proj, project_features
-from .config_checks import check_deta_config
-from .criterion import SetCriterion
-from .deformable_transformer import MLP, DeformableTransformer, inverse_sigmoid
-from .matcher import HungarianMatcher
+from ..config import check_deta_config
+from .criterion import SetCriterion, build_criterion
+from .deformable_transformer import DeformableTransformer
+from .heads import build_heads, inverse_sigmoid
+from .neck import backbone_channels, build_input_proj, project_features
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import nms_inference, topk_inference
-from .two_stage import select_queries_nms, select_queries_topk
+from .two_stage import TopkSelection, select_queries_nms
 
 __all__ = ["DETA"]
 
+# Transformer outputs passed on under ``extras`` (for tests, tools and the official layout).
+_EXTRAS = (
+    "selected",
+    "inter_references",
+    "memory",
+    "spatial_shapes",
+    "level_start_index",
+    "valid_ratios",
+)
+
 logger = logging.getLogger(__name__)
-
-
-def build_heads(hidden_dim: int, num_classes: int, num_pred: int, prior_prob: float):
-    """``num_pred`` independent copies of the class and box heads, initialised as the official.
-
-    All copies start identical; class biases carry the focal-loss prior and every box head's last
-    layer is zero, so decoder boxes start at their references and encoder boxes at their anchors.
-    """
-    class_embed = nn.Linear(hidden_dim, num_classes)
-    nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
-    bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
-    nn.init.constant_(bbox_embed.layers[-1].weight, 0)
-    nn.init.constant_(bbox_embed.layers[-1].bias, 0)
-    classes = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
-    boxes = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
-    return classes, boxes
 
 
 @META_ARCH_REGISTRY.register()
@@ -120,7 +111,7 @@ class DETA(nn.Module):
                 nms_thresh=d.PROPOSAL_NMS_THRESH,
             )
         else:
-            select = _TopkSelection(d.NUM_QUERIES)
+            select = TopkSelection(d.NUM_QUERIES)
         transformer = DeformableTransformer(
             d_model=d.HIDDEN_DIM,
             nhead=d.NHEADS,
@@ -207,56 +198,54 @@ class DETA(nn.Module):
         Returns:
             dict: ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4), ``init_reference``,
             ``aux_outputs`` (D - 1 dicts), ``enc_outputs`` (``pred_logits``, ``pred_boxes``,
-            ``anchors``), and ``extras`` (selected tokens, references, shapes, ratios, memory).
+            ``anchors``), and ``extras`` (selected tokens, references, shapes, ratios, memory,
+            and the per-level ``srcs``, ``masks``, ``pos``).
         """
         # record_function scopes label the stages for tools/benchmark.py breakdown; they cost
         # about a microsecond each when no profiler is running.
-        dtype = fast_cpu.compute_dtype(images, self, op="conv")
         with record_function("deta.backbone"):
-            if dtype is not None:  # CPU inference: NHWC, the fused ResNet where it applies
-                features = fast_cpu.backbone_forward(self.backbone, images, dtype)
-            else:
-                features = self.backbone(images)
+            features = self.backbone_features(images)
         with record_function("deta.input_proj"):
             srcs, masks, pos = project_features(
                 features, self.in_features, self.input_proj, mask, self.position_embedding
             )
         t = self.transformer(srcs, masks, pos)
-        hs, init_ref, inter_refs = t["hs"], t["init_reference"], t["inter_references"]
-        logits, boxes = [], []
         with record_function("deta.heads"):
-            for lvl in range(hs.shape[0]):
-                reference = init_ref if lvl == 0 else inter_refs[lvl - 1]
-                logits.append(self.class_embed[lvl](hs[lvl]))
-                boxes.append((self.bbox_embed[lvl](hs[lvl]) + inverse_sigmoid(reference)).sigmoid())
-        out = {
+            logits, boxes = self.predict(t["hs"], t["init_reference"], t["inter_references"])
+        extras = {k: t[k] for k in _EXTRAS}
+        extras.update(srcs=srcs, masks=masks, pos=pos)
+        aux = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        return {
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
-            "init_reference": init_ref,
-            "aux_outputs": [
-                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
-            ],
+            "init_reference": t["init_reference"],
+            "aux_outputs": aux if self.deep_supervision else [],
             "enc_outputs": {
                 "pred_logits": t["enc_outputs_class"],
                 "pred_boxes": t["enc_outputs_coord_unact"].sigmoid(),
                 "anchors": t["anchors"],
             },
-            "extras": {
-                k: t[k]
-                for k in (
-                    "selected",
-                    "inter_references",
-                    "memory",
-                    "spatial_shapes",
-                    "level_start_index",
-                    "valid_ratios",
-                )
-            },
+            "extras": extras,
         }
-        out["extras"].update(srcs=srcs, masks=masks, pos=pos)
-        if not self.deep_supervision:
-            out["aux_outputs"] = []
-        return out
+
+    def backbone_features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        dtype = fast_cpu.compute_dtype(images, self, op="conv")
+        if dtype is not None:  # CPU inference: NHWC, the fused ResNet where it applies
+            return fast_cpu.backbone_forward(self.backbone, images, dtype)
+        return self.backbone(images)
+
+    def predict(self, hs: torch.Tensor, init_reference: torch.Tensor, inter_references):
+        """Class logits and boxes of every decoder layer: lists of (B, Q, K) and (B, Q, 4).
+
+        Layer ``l`` refines the reference it was given: the first-stage boxes for layer 0, the
+        output of layer ``l - 1`` otherwise.
+        """
+        logits, boxes = [], []
+        for lvl in range(hs.shape[0]):
+            reference = init_reference if lvl == 0 else inter_references[lvl - 1]
+            logits.append(self.class_embed[lvl](hs[lvl]))
+            boxes.append((self.bbox_embed[lvl](hs[lvl]) + inverse_sigmoid(reference)).sigmoid())
+        return logits, boxes
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """GT boxes → normalised cxcywh of the unpadded image; labels are contiguous ids."""
@@ -284,7 +273,7 @@ class DETA(nn.Module):
         )
 
     def _log_assignment(self):
-        indices = getattr(self.criterion, "last_indices", None)
+        indices = self.criterion.last_indices
         if not indices:
             return
         try:
@@ -295,53 +284,3 @@ class DETA(nn.Module):
         storage.put_scalar("deta/stage2_num_pos", sum(len(i) for i, _ in indices["final"]) / n)
         if "enc" in indices:
             storage.put_scalar("deta/stage1_num_pos", sum(len(i) for i, _ in indices["enc"]) / n)
-
-
-class _TopkSelection:
-    """Picklable plain top-k selection with the same call signature as ``select_queries_nms``."""
-
-    def __init__(self, num_queries: int):
-        self.num_queries = num_queries
-
-    def __call__(self, objectness, boxes_unact, level_ids, level_sizes):
-        return select_queries_topk(objectness, self.num_queries)
-
-
-def build_criterion(cfg) -> SetCriterion:
-    """The loss of DETA (assigners on) or the Improved Deformable DETR baseline (Hungarian)."""
-    d = cfg.MODEL.DETA
-    s1, s2 = d.STAGE1, d.STAGE2
-    base = {"loss_ce": d.CLASS_WEIGHT, "loss_bbox": d.L1_WEIGHT, "loss_giou": d.GIOU_WEIGHT}
-    weight_dict = dict(base)
-    if d.DEEP_SUPERVISION:
-        for i in range(d.DEC_LAYERS - 1):
-            weight_dict.update({f"{k}_{i}": v for k, v in base.items()})
-    # The encoder loss is kept without deep supervision: the official --no_aux_loss silently
-    # dropped it, leaving the first stage untrained; we fix that deliberately.
-    weight_dict.update({f"{k}_enc": v for k, v in base.items()})
-    stage1 = stage2 = None
-    if d.ASSIGN_FIRST_STAGE:
-        stage1 = Stage1Assigner(
-            s1.IOU_THRESHOLDS,
-            s1.IOU_LABELS,
-            s1.ALLOW_LOW_QUALITY_MATCHES,
-            s1.BATCH_SIZE_PER_IMAGE,
-            s1.POSITIVE_FRACTION,
-            s1.MAX_K,
-        )
-    if d.ASSIGN_SECOND_STAGE:
-        stage2 = Stage2Assigner(
-            d.NUM_CLASSES,
-            d.NUM_QUERIES,
-            s2.IOU_THRESHOLDS,
-            s2.IOU_LABELS,
-            s2.ALLOW_LOW_QUALITY_MATCHES,
-            s2.POSITIVE_FRACTION,
-            s2.MAX_K,
-        )
-    matcher = HungarianMatcher(
-        d.COST_CLASS, d.COST_BBOX, d.COST_GIOU, d.FOCAL_LOSS_ALPHA, d.FOCAL_LOSS_GAMMA
-    )
-    return SetCriterion(
-        d.NUM_CLASSES, matcher, weight_dict, d.FOCAL_LOSS_ALPHA, d.FOCAL_LOSS_GAMMA, stage1, stage2
-    )

@@ -6,14 +6,17 @@ Shape shorthand: ``B`` batch, ``S`` encoder tokens, ``L`` levels, ``Q`` queries.
 from typing import List, Sequence, Tuple
 
 import torch
-from torchvision.ops import batched_nms, box_convert
+from torchvision.ops import box_convert, nms
 
-try:  # per-group NMS without the coordinate-offset trick, which perturbs IoUs near the threshold
-    from torchvision.ops.boxes import _batched_nms_vanilla as _group_nms
-except ImportError:  # pragma: no cover - older/newer torchvision
-    _group_nms = batched_nms
+from .neck import valid_sizes_of
 
-__all__ = ["encoder_output_proposals", "select_queries_topk", "select_queries_nms"]
+__all__ = [
+    "TopkSelection",
+    "encoder_output_proposals",
+    "group_nms",
+    "select_queries_nms",
+    "select_queries_topk",
+]
 
 
 def encoder_output_proposals(
@@ -39,9 +42,7 @@ def encoder_output_proposals(
     proposals, level_ids = [], []
     start = 0
     for lvl, (H, W) in enumerate(spatial_shapes):
-        mask_l = padding_mask[:, start : start + H * W].view(B, H, W)
-        valid_h = torch.sum(~mask_l[:, :, 0], 1)
-        valid_w = torch.sum(~mask_l[:, 0, :], 1)
+        valid_h, valid_w = valid_sizes_of(padding_mask[:, start : start + H * W].view(B, H, W))
         grid_y, grid_x = torch.meshgrid(
             torch.linspace(0, H - 1, H, dtype=torch.float32, device=memory.device),
             torch.linspace(0, W - 1, W, dtype=torch.float32, device=memory.device),
@@ -68,6 +69,35 @@ def encoder_output_proposals(
 def select_queries_topk(objectness: torch.Tensor, num_queries: int) -> torch.Tensor:
     """Plain two-stage selection: the top-Q tokens by objectness logit, (B, S) → (B, Q')."""
     return torch.topk(objectness, min(num_queries, objectness.shape[1]), dim=1)[1]
+
+
+class TopkSelection:
+    """:func:`select_queries_topk` with the call signature of :func:`select_queries_nms`
+    (picklable, unlike a lambda), for the Improved Deformable DETR baseline."""
+
+    def __init__(self, num_queries: int):
+        self.num_queries = num_queries
+
+    def __call__(self, objectness, boxes_unact, level_ids, level_sizes):
+        return select_queries_topk(objectness, self.num_queries)
+
+
+def group_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """NMS within each group, one ``torchvision.ops.nms`` call per group; score-descending keep.
+
+    ``torchvision.ops.batched_nms`` gives the same result on CPU for inputs this large, but for
+    smaller ones (and on GPU below 20,000 coordinates) it shifts each group's boxes by a large
+    coordinate offset and runs one NMS: float32 rounding of the shifted coordinates can then flip
+    decisions at IoU ~0.9. Running each group separately avoids that on every device.
+    """
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for group in torch.unique(groups):
+        members = torch.where(groups == group)[0]
+        keep[members[nms(boxes[members], scores[members], iou_threshold)]] = True
+    kept = torch.where(keep)[0]
+    return kept[scores[kept].sort(descending=True)[1]]
 
 
 def _per_level_candidates(
@@ -132,7 +162,7 @@ def select_queries_nms(
     image_ids = torch.arange(B, device=cands.device)[:, None].expand(B, K)
     # One NMS call for all images: group = image * L + level keeps it per image and level.
     groups = (image_ids * L + level_ids[cands]).reshape(-1)
-    keep = _group_nms(
+    keep = group_nms(
         boxes[image_ids, cands].reshape(-1, 4),
         objectness[image_ids, cands].reshape(-1),
         groups,

@@ -19,9 +19,9 @@ class _FixedMatcher(torch.nn.Module):
 
 
 class TestSetCriterion(unittest.TestCase):
-    def _criterion(self, indices, num_classes=2):
+    def _criterion(self, indices):
         weights = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-        return SetCriterion(num_classes, _FixedMatcher(indices), weights)
+        return SetCriterion(_FixedMatcher(indices), weights)
 
     def test_focal_loss_value(self):
         # One query, two classes, logit 0 everywhere (p = 0.5), target class 1.

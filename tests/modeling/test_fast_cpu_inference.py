@@ -19,11 +19,8 @@ from detectron2.modeling import build_model
 from deta import fast_cpu
 from deta.fast_cpu.capabilities import _parse_overrides
 from deta.layers import MSDeformAttn
-from deta.modeling.deformable_transformer import (
-    MLP,
-    DeformableDecoderLayer,
-    DeformableEncoderLayer,
-)
+from deta.modeling.deformable_transformer import DeformableDecoderLayer, DeformableEncoderLayer
+from deta.modeling.heads import MLP
 
 from .tiny import tiny_batch, tiny_cfg
 
@@ -147,6 +144,45 @@ class TestDispatch(unittest.TestCase):
                 with mock.patch.dict(os.environ, {fast_cpu.ENV_SWITCH: value}):
                     self.assertEqual(fast_cpu.compute_dtype(x) is not None, fast, value)
                     self.assertEqual(fast_cpu.compute_dtype(x, op="conv") is not None, fast)
+
+    FAST_PATHS = (
+        "deform_attn_forward",
+        "encoder_layer_forward",
+        "decoder_layer_forward",
+        "mlp_forward",
+        "backbone_forward",
+    )
+
+    def fast_path_calls(self, model, batch, switch: str) -> dict:
+        """How often each fast path ran in one inference with ``$DETA_FAST_CPU_INFERENCE``."""
+        calls = {}
+
+        def counting(name):
+            fn = getattr(fast_cpu, name)
+
+            def wrapper(*args, **kwargs):
+                calls[name] = calls.get(name, 0) + 1
+                return fn(*args, **kwargs)
+
+            return mock.patch.object(fast_cpu, name, wrapper)
+
+        patches = [counting(n) for n in self.FAST_PATHS]
+        with mock.patch.dict(os.environ, {fast_cpu.ENV_SWITCH: switch}), torch.no_grad():
+            for p in patches:
+                p.start()
+            try:
+                model(batch)
+            finally:
+                for p in patches:
+                    p.stop()
+        return calls
+
+    def test_switch_off_runs_no_fast_path_in_a_real_forward(self):
+        model = build_model(tiny_cfg()).eval()
+        batch = tiny_batch()
+        self.assertEqual(self.fast_path_calls(model, batch, "0"), {})
+        # Switched on, every fast path ran, the ResNet one included.
+        self.assertEqual(sorted(self.fast_path_calls(model, batch, "1")), sorted(self.FAST_PATHS))
 
     def test_missing_onednn_primitive_means_plain_path_for_that_op_only(self):
         x = torch.zeros(1)

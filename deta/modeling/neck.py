@@ -1,5 +1,6 @@
-"""Multi-level inputs of the transformer: backbone features, their padding masks, the input
-projections (1×1 conv + GN, plus extra stride-2 3×3 levels) and sine position encodings.
+"""The neck: multi-level inputs of the transformer built from the backbone features. Input
+projections (1×1 conv + GN, plus extra stride-2 3×3 levels), per-level padding masks and their
+valid sizes, and sine position encodings.
 """
 
 from typing import Dict, List, Tuple
@@ -10,7 +11,14 @@ from torch import nn
 
 from detectron2.layers import ShapeSpec
 
-__all__ = ["build_input_proj", "feature_masks", "project_features"]
+__all__ = [
+    "backbone_channels",
+    "build_input_proj",
+    "feature_masks",
+    "project_features",
+    "valid_ratios_of",
+    "valid_sizes_of",
+]
 
 
 def build_input_proj(
@@ -54,6 +62,21 @@ def build_input_proj(
 def feature_masks(mask: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Full-resolution padding mask (B, H, W) → (B, h, w) by legacy 'nearest' interpolation."""
     return F.interpolate(mask[None].float(), size=size).to(torch.bool)[0]
+
+
+def valid_sizes_of(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, W) padding mask → valid (rows, columns) per image, read from column 0 / row 0.
+
+    Padding is bottom-right, so column 0 and row 0 hold every valid row and column.
+    """
+    return torch.sum(~mask[:, :, 0], 1), torch.sum(~mask[:, 0, :], 1)
+
+
+def valid_ratios_of(mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) padding mask → (B, 2) valid fraction (w, h)."""
+    _, H, W = mask.shape
+    valid_h, valid_w = valid_sizes_of(mask)
+    return torch.stack([valid_w.float() / W, valid_h.float() / H], -1)
 
 
 def project_features(

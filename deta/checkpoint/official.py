@@ -5,14 +5,14 @@ official names, including the ``transformer.decoder.{class,bbox}_embed`` aliases
 heads. Class heads can be sliced from the 91 raw COCO ids to Detectron2's 80 contiguous classes.
 """
 
-import argparse
 import logging
 import os
 import re
-import tempfile
 from typing import Dict, List, Optional
 
 import torch
+
+from .io import load_weights_only
 
 __all__ = [
     "COCO_CATEGORY_IDS",
@@ -22,7 +22,6 @@ __all__ = [
     "convert_torchvision_resnet",
     "load_official_checkpoint",
     "check_against_model",
-    "save_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,17 +53,12 @@ class ConversionError(ValueError):
 
 
 def load_official_checkpoint(path: str) -> Dict:
-    """Load an official ``.pth`` (trusted input) and return the whole checkpoint dict.
-
-    Released files pickle an ``argparse.Namespace`` under ``args``, which torch>=2.6's
-    ``weights_only=True`` default rejects; we allow exactly that class rather than unpickling
-    arbitrary objects.
-    """
+    """Load an official ``.pth`` and return the whole checkpoint dict (weights-only unpickling,
+    see :func:`~deta.checkpoint.io.load_weights_only`)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"official checkpoint {path!r} does not exist")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - torch raises several types for corrupt files
         lines = [ln for ln in str(e).splitlines() if ln.strip() and "documentation" not in ln]
         reason = lines[-1] if lines else type(e).__name__
@@ -210,18 +204,3 @@ def check_against_model(converted: Dict[str, torch.Tensor], model: torch.nn.Modu
         raise ConversionError(
             "converted checkpoint does not fit the config's model; " + "; ".join(problems)
         )
-
-
-def save_atomic(obj, path: str) -> None:
-    """``torch.save`` to a temporary file in the target folder, then rename: never half-written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
