@@ -20,7 +20,7 @@ import sys
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import deta.data  # noqa: F401  registers the synthetic datasets (and Detectron2's builtins)
-from deta.data.validation import check_coco_json, check_dataset_dicts
+from deta.data.dataset_check import check_coco_json, check_dataset_dicts
 
 
 def _parse_args(argv=None) -> argparse.Namespace:

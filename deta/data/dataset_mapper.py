@@ -8,10 +8,11 @@ and empty boxes removed, and images left with no boxes are kept. Batching,
 padding and normalisation happen in the model.
 
 Bad data stops with an error naming the image file and id (and the annotation id): an unreadable
-or missing file, a size that differs from the dataset dict, a NaN/Inf box, a negative box size or
-a category id out of range (``deta/data/validation.py``). Any other exception raised while mapping
-is re-raised as :class:`DatasetMapperError` naming the image, so a data-loader worker crash says
-which image caused it.
+or missing file, a size that differs from the dataset dict (``deta/data/images.py``), or an error
+of the annotation rule that the dataset checks apply too, e.g. a NaN/Inf box, a negative box size
+or a category id out of range (``deta/data/annotations.py``). Any other exception raised while
+mapping is re-raised as :class:`DatasetMapperError` naming the image, so a data-loader worker
+crash says which image caused it.
 """
 
 import copy
@@ -26,17 +27,10 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from .annotations import AnnotationRule, DatasetError, annotation_location
+from .dataset_check import ERROR, PROBLEM_KINDS
+from .images import check_image_size, image_location, open_image
 from .transforms import DetrResize, RandomSelect, RandomSizeCrop
-from .validation import (
-    ERROR,
-    PROBLEM_KINDS,
-    DatasetError,
-    annotation_location,
-    check_bbox,
-    check_image_size,
-    image_location,
-    open_image,
-)
 
 __all__ = ["DatasetMapperError", "DetaDatasetMapper", "build_deta_augmentations"]
 
@@ -119,7 +113,7 @@ class DetaDatasetMapper:
     choice are independent draws, so the joint distribution is the same.
 
     16-bit images are scaled to 8 bits (Detectron2's ``read_image`` clips them) and EXIF
-    orientation is applied as in Detectron2; see :func:`deta.data.validation.open_image`.
+    orientation is applied as in Detectron2; see :func:`deta.data.images.open_image`.
     """
 
     @configurable
@@ -145,6 +139,7 @@ class DetaDatasetMapper:
         self.is_train = is_train
         self.image_format = image_format
         self.num_classes = num_classes
+        self.annotation_rule = AnnotationRule(num_classes=num_classes)
         if is_train and augmentation_with_crop is not None:
             self.augmentations = T.AugmentationList(
                 [RandomSelect(augmentation, augmentation_with_crop, prob=0.5)]
@@ -173,23 +168,21 @@ class DetaDatasetMapper:
     def _check_annotations(self, annotations: List[Any], dataset_dict: Dict[str, Any]) -> None:
         file_name, image_id = dataset_dict["file_name"], dataset_dict.get("image_id")
         for index, ann in enumerate(annotations):
-            if not isinstance(ann, dict) or "bbox" not in ann or "bbox_mode" not in ann:
-                where = annotation_location(ann, index, file_name, image_id)
-                raise DatasetError(f"{where} needs 'bbox' and 'bbox_mode': {ann!r:.200}")
-            problem = check_bbox(ann["bbox"], ann["bbox_mode"])
-            # Zero-size boxes are only warnings: they are dropped below with the clipped ones.
-            if problem is not None and PROBLEM_KINDS[problem[0]][0] == ERROR:
-                where = annotation_location(ann, index, file_name, image_id)
-                raise DatasetError(f"{where}: {problem[1]}. Fix or remove this annotation")
-            cat = ann.get("category_id")
-            valid = isinstance(cat, (int, np.integer)) and not isinstance(cat, bool) and cat >= 0
-            if not valid or (self.num_classes is not None and cat >= self.num_classes):
-                where = annotation_location(ann, index, file_name, image_id)
-                limit = "" if self.num_classes is None else f" below NUM_CLASSES={self.num_classes}"
-                raise DatasetError(
-                    f"{where}: category_id={cat!r} is not a contiguous class id{limit}. Check the "
-                    "dataset's categories and MODEL.DETA.NUM_CLASSES"
-                )
+            problems, _ = self.annotation_rule.check(ann)
+            # Warnings do not stop training: zero-size boxes are dropped below with the clipped
+            # ones, and segmentations are not used.
+            error = next((p for p in problems if PROBLEM_KINDS[p[0]][0] == ERROR), None)
+            if error is None:
+                continue
+            kind, detail = error
+            if kind == "unknown_category":
+                hint = "Check the dataset's categories"
+                if self.num_classes is not None:
+                    hint += f" and MODEL.DETA.NUM_CLASSES={self.num_classes}"
+            else:
+                hint = f"Fix or remove this annotation: {ann!r:.200}"
+            where = annotation_location(ann, index, file_name, image_id)
+            raise DatasetError(f"{where}: {detail}. {hint}")
 
     @staticmethod
     def _annotations_to_instances(

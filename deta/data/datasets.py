@@ -15,8 +15,9 @@ from typing import Any, Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from .annotations import DatasetError
+from .dataset_check import PROBLEM_KINDS, Problem, check_coco_json
 from .synthetic import SYNTHETIC_CATEGORIES
-from .validation import PROBLEM_KINDS, DatasetError, Problem, check_coco_json
 
 __all__ = [
     "SYNTHETIC_DATASET_NAMES",
@@ -74,7 +75,7 @@ def load_deta_coco_json(
 ) -> List[Dict[str, Any]]:
     """Detectron2's ``load_coco_json``, after checking the json, keeping annotation ids.
 
-    The check (:func:`deta.data.validation.check_coco_json` without opening images) raises on
+    The check (:func:`deta.data.dataset_check.check_coco_json` without opening images) raises on
     anything that would otherwise crash later without context or train on garbage: unknown
     category ids, NaN/Inf boxes, negative box sizes, duplicate ids, malformed entries. Problems
     that training fixes (zero-size or outside boxes, dropped; boxes past the border, clipped) are

@@ -1,4 +1,4 @@
-"""Tests of ``tools/check_dataset.py`` and the report it prints (``deta.data.validation``)."""
+"""Tests of ``tools/check_dataset.py`` and the report it prints (``deta.data.dataset_check``)."""
 
 import contextlib
 import io
@@ -13,9 +13,9 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from deta.data.dataset_check import ERROR, PROBLEM_KINDS, WARNING, check_coco_json
 from deta.data.datasets import register_deta_coco_instances
-from deta.data.validation import ERROR, PROBLEM_KINDS, WARNING, check_coco_json
-from tests.data.test_messy_data import coco_ann, write_coco, write_png16, write_rgb
+from tests.data.helpers import coco_ann, write_coco, write_png16, write_rgb
 from tools.check_dataset import main
 
 # Every problem kind the messy dataset below contains, with (file, annotation id) it must name.

@@ -1,4 +1,4 @@
-"""Dataset checks shared by the COCO loader, ``DetaDatasetMapper`` and ``tools/check_dataset.py``.
+"""The offline dataset check behind the COCO loader and ``tools/check_dataset.py``.
 
 Every problem in a dataset is one of two kinds:
 
@@ -8,44 +8,38 @@ Every problem in a dataset is one of two kinds:
 * an **error** when no fix is safe: the loader or the mapper stops with a message that names the
   file, the image id and, for an annotation, the annotation id, and says what to fix.
 
-Images are decoded by :func:`open_image` rather than Detectron2's ``read_image``, which clips
-16-bit images to 0..255 instead of scaling them. EXIF orientation is applied the same way as in
-Detectron2, so the json ``width``/``height`` and boxes must describe the rotated image.
+Each annotation is checked by the same :class:`~deta.data.annotations.AnnotationRule` as in
+``DetaDatasetMapper``; this module adds the checks of whole entries (images, categories, ids) and
+of image files, and collects everything into a :class:`DatasetReport`.
 """
 
 import json
-import math
-import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
-from PIL import Image
-
-from detectron2.data import detection_utils as utils
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
+
+from .annotations import AnnotationRule, annotation_location, is_id, is_int
+from .images import (
+    ORIENTATION_NAMES,
+    ImageReadError,
+    image_location,
+    open_image,
+    size_mismatch_message,
+)
 
 __all__ = [
     "ERROR",
     "PROBLEM_KINDS",
     "WARNING",
-    "DatasetError",
     "DatasetReport",
-    "ImageReadError",
-    "LoadedImage",
     "Problem",
-    "annotation_location",
-    "check_bbox",
     "check_coco_json",
     "check_dataset_dicts",
     "check_image_file",
-    "check_image_size",
-    "image_location",
-    "open_image",
-    "read_image",
 ]
 
 ERROR = "error"
@@ -126,67 +120,6 @@ PROBLEM_KINDS: Dict[str, Tuple[str, str, str]] = {
         "the image is rotated/flipped on reading; boxes must be in that frame",
     ),
 }
-
-# Boxes exceeding the border by less than this are clipped without a warning: rounding in
-# annotation tools routinely puts x + width a fraction of a pixel past the image.
-_BORDER_TOLERANCE = 1.0
-
-_EXIF_ORIENTATION_TAG = 274
-_TRANSPOSE = getattr(Image, "Transpose", Image)  # Pillow >= 9.1 has the enum
-# Same mapping as Detectron2's read_image, so both read an image in the same frame.
-_ORIENTATION_METHODS = {
-    2: _TRANSPOSE.FLIP_LEFT_RIGHT,
-    3: _TRANSPOSE.ROTATE_180,
-    4: _TRANSPOSE.FLIP_TOP_BOTTOM,
-    5: _TRANSPOSE.TRANSPOSE,
-    6: _TRANSPOSE.ROTATE_270,
-    7: _TRANSPOSE.TRANSVERSE,
-    8: _TRANSPOSE.ROTATE_90,
-}
-_ORIENTATION_NAMES = {
-    2: "mirrored",
-    3: "rotated 180°",
-    4: "flipped vertically",
-    5: "transposed",
-    6: "rotated 90° clockwise",
-    7: "transversed",
-    8: "rotated 90° counter-clockwise",
-}
-
-
-class DatasetError(ValueError):
-    """A dataset entry that cannot be trained on; the message names the file and the ids."""
-
-
-class ImageReadError(OSError):
-    """An image file that exists but cannot be decoded; the message names the file."""
-
-
-class _UnsupportedPixels(Exception):
-    pass
-
-
-def image_location(file_name: Any, image_id: Any = None) -> str:
-    """``"image 'a.jpg' (image_id=3)"``: how every message names an image."""
-    if file_name is None:
-        return f"image_id={image_id}"
-    return f"image {str(file_name)!r} (image_id={image_id})"
-
-
-def annotation_location(annotation: Any, index: int, file_name: Any, image_id: Any) -> str:
-    """How every message names an annotation: its ``id``, or its position when it has none.
-
-    Args:
-        annotation: the annotation dict (or whatever stands in its place).
-        index (int): its position in the image's annotation list.
-        file_name, image_id: the image it belongs to.
-
-    Returns:
-        str: e.g. ``"annotation id=17 of image 'a.jpg' (image_id=3)"``.
-    """
-    ann_id = annotation.get("id") if isinstance(annotation, dict) else None
-    name = f"annotation id={ann_id}" if ann_id is not None else f"annotation #{index} (no 'id')"
-    return f"{name} of {image_location(file_name, image_id)}"
 
 
 @dataclass(frozen=True)
@@ -319,154 +252,12 @@ class _Collector:
                 raise _Stop
 
 
+def _is_size(value: Any) -> bool:
+    return is_int(value) and value > 0
+
+
 # ---------------------------------------------------------------------------------------------
-# Images
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    """An opened image file.
-
-    Attributes:
-        image (PIL.Image.Image or None): 8-bit, EXIF orientation applied, fully decoded; ``None``
-            when opened with ``decode=False``.
-        size (tuple[int, int]): (width, height) after EXIF orientation.
-        stored_size (tuple[int, int]): (width, height) of the stored pixels.
-        orientation (int): the EXIF orientation tag, 1 when absent.
-    """
-
-    image: Optional[Image.Image]
-    size: Tuple[int, int]
-    stored_size: Tuple[int, int]
-    orientation: int
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-    except Exception:  # broken EXIF blocks are common; Detectron2 ignores them the same way
-        return 1
-    return value if value in _ORIENTATION_METHODS else 1
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "I" or mode.startswith("I;16"):  # 16-bit grey PNG/TIFF
-        pixels = np.asarray(image)
-        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
-            raise _UnsupportedPixels(
-                f"32-bit integer pixels in {pixels.min()}..{pixels.max()} have no known 0..255 "
-                "scale; convert the image to 8 bits"
-            )
-        # Keep the high byte: Pillow decodes 16-bit RGB(A) PNGs this way, so grey and colour
-        # 16-bit files map alike. PIL's own convert would clip everything above 255 to white.
-        return Image.fromarray((pixels.astype(np.uint32) >> 8).astype(np.uint8), mode="L")
-    if mode == "F":
-        raise _UnsupportedPixels(
-            "32-bit float pixels have no standard 0..255 scale; convert the image to 8 bits"
-        )
-    return image  # every other mode (L, P, LA, RGBA, CMYK, 1, ...) converts with PIL's rules
-
-
-def open_image(file_name: str, image_id: Any = None, *, decode: bool = True) -> LoadedImage:
-    """Open an image file as training will read it.
-
-    Args:
-        file_name (str): path (anything Detectron2's ``PathManager`` opens).
-        image_id: used in error messages.
-        decode (bool): decode all pixels (finds truncated files); otherwise read the header only.
-
-    Returns:
-        LoadedImage: the image and its sizes.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ImageReadError: the file is truncated, corrupt, not an image, or in an unsupported pixel
-            format.
-    """
-    where = image_location(file_name, image_id)
-    try:
-        with PathManager.open(file_name, "rb") as f:
-            image = Image.open(f)
-            stored_size = image.size
-            orientation = _orientation(image)
-            if decode:
-                image.load()  # decode inside the with: PIL reads lazily
-                image = _to_8bit(image)
-                method = _ORIENTATION_METHODS.get(orientation)
-                if method is not None:
-                    image = image.transpose(method)
-            else:
-                image = None
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"{where} does not exist: it is listed in the dataset but missing on disk. "
-            "Check the image folder and file_name, or remove the image from the json"
-        ) from e
-    except _UnsupportedPixels as e:
-        raise ImageReadError(f"cannot read {where}: {e}") from e
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        raise ImageReadError(
-            f"cannot read {where}: {type(e).__name__}: {e}. The file is truncated, corrupt or not "
-            "an image: re-download or re-encode it, or remove it from the json"
-        ) from e
-    w, h = stored_size
-    size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    return LoadedImage(image, size, stored_size, orientation)
-
-
-def read_image(file_name: str, format: Optional[str] = None, image_id: Any = None) -> np.ndarray:
-    """Like Detectron2's ``read_image``, but 16-bit images are scaled, not clipped.
-
-    Args:
-        file_name (str): image path.
-        format (str, optional): "RGB", "BGR", "L", ... as in Detectron2; ``None`` keeps the mode.
-        image_id: used in error messages.
-
-    Returns:
-        np.ndarray: an HWC uint8 image (float for "YUV-BT.601"), EXIF orientation applied.
-    """
-    return utils.convert_PIL_to_numpy(open_image(file_name, image_id).image, format)
-
-
-def _size_mismatch_message(where: str, loaded: LoadedImage, expected: Tuple[Any, Any]) -> str:
-    w, h = loaded.size
-    message = f"{where} is {w}x{h} (width x height) but the json says {expected[0]}x{expected[1]}."
-    if loaded.orientation != 1 and tuple(loaded.stored_size) == tuple(expected):
-        how = _ORIENTATION_NAMES[loaded.orientation]
-        message += (
-            f" The json matches the stored pixels before the EXIF orientation tag "
-            f"(orientation={loaded.orientation}, {how}), which is applied on reading, so the "
-            "annotations were likely made on the unrotated image: strip the EXIF orientation "
-            "from the file (re-save it without EXIF), or convert width/height and boxes to the "
-            "rotated frame."
-        )
-    else:
-        message += " Fix width/height in the json, and check the boxes were drawn on this file."
-    return message
-
-
-def check_image_size(dataset_dict: Dict[str, Any], loaded: LoadedImage) -> None:
-    """Detectron2's ``check_image_size`` with a message that explains EXIF-rotation mismatches.
-
-    Fills in a missing ``width``/``height`` from the image, as Detectron2 does.
-
-    Args:
-        dataset_dict (dict): the dataset dict (``file_name``, ``image_id``, ``width``,
-            ``height``).
-        loaded (LoadedImage): the opened image.
-
-    Raises:
-        SizeMismatchError: (Detectron2's, a ``ValueError``) the sizes differ.
-    """
-    w, h = loaded.size
-    if "width" in dataset_dict or "height" in dataset_dict:
-        expected = (dataset_dict.get("width"), dataset_dict.get("height"))
-        if expected != (w, h):
-            where = image_location(dataset_dict.get("file_name"), dataset_dict.get("image_id"))
-            raise utils.SizeMismatchError(_size_mismatch_message(where, loaded, expected))
-    dataset_dict.setdefault("width", w)
-    dataset_dict.setdefault("height", h)
+# Image files
 
 
 def check_image_file(
@@ -492,10 +283,10 @@ def check_image_file(
         return [Problem("unreadable_image", str(e), **ids)]
     where = image_location(file_name, image_id)
     if (width, height) != (None, None) and loaded.size != (width, height):
-        message = _size_mismatch_message(where, loaded, (width, height))
+        message = size_mismatch_message(where, loaded, (width, height))
         return [Problem("size_mismatch", message, **ids)]
     if loaded.orientation != 1 and loaded.stored_size == loaded.size:
-        how = _ORIENTATION_NAMES[loaded.orientation]
+        how = ORIENTATION_NAMES[loaded.orientation]
         message = (
             f"{where} has EXIF orientation {loaded.orientation} ({how}); the size cannot tell "
             "whether its boxes were drawn before or after that, and training uses after"
@@ -504,114 +295,25 @@ def check_image_file(
     return []
 
 
-# ---------------------------------------------------------------------------------------------
-# Annotations
+def _check_files(
+    entries: Iterable[Tuple[str, Any, Any, Any]], out: _Collector, decode: bool, workers: int
+) -> None:
+    def check(entry):
+        return check_image_file(*entry, decode=decode)
 
-
-# The exact-type tests first: the ABC isinstance checks dominate the time of a COCO-sized check.
-def _is_number(value: Any) -> bool:
-    kind = type(value)
-    if kind is float or kind is int:
-        return True
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    if type(value) is int:
-        return True
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_id(value: Any) -> bool:
-    # COCO ids are ints; pycocotools and Detectron2 also work with (non-empty) string ids.
-    if type(value) is int:
-        return True
-    return _is_int(value) or (isinstance(value, str) and bool(value))
-
-
-def _is_size(value: Any) -> bool:
-    return _is_int(value) and value > 0
-
-
-def _show(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
-
-
-def check_bbox(
-    bbox: Any,
-    bbox_mode: Any = BoxMode.XYWH_ABS,
-    image_size: Optional[Tuple[float, float]] = None,
-) -> Optional[Tuple[str, str]]:
-    """The first problem of one box, most severe first.
-
-    Negative ``x``/``y`` are not an error: such a box extends past the left/top border and is
-    clipped like any other. A negative width or height is one.
-
-    Args:
-        bbox: the box as stored.
-        bbox_mode (BoxMode): its mode; COCO json boxes are XYWH_ABS.
-        image_size (tuple, optional): (width, height) of the image, to check the border.
-
-    Returns:
-        tuple or None: ``(kind, detail)`` with ``kind`` a key of :data:`PROBLEM_KINDS`, or
-        ``None`` for a good box.
-    """
-    if not isinstance(bbox, (list, tuple, np.ndarray)) or len(bbox) != 4:
-        return "bad_bbox", f"bbox {bbox!r} is not a list of 4 numbers [x, y, width, height]"
-    if not all(map(_is_number, bbox)):
-        return "bad_bbox", f"bbox {list(bbox)!r} has a value that is not a number"
-    values = [float(v) for v in bbox]
-    if not all(map(math.isfinite, values)):
-        return "nonfinite_bbox", f"bbox {_show(values)} has a NaN or infinite coordinate"
-    # The two absolute modes inline: BoxMode.convert goes through torch, ~20 us a box here.
-    if bbox_mode == BoxMode.XYWH_ABS:
-        x0, y0, x1, y1 = values[0], values[1], values[0] + values[2], values[1] + values[3]
-    elif bbox_mode == BoxMode.XYXY_ABS:
-        x0, y0, x1, y1 = values
-    else:
+    # Decoding releases the GIL for most of its time, so threads scale on large datasets.
+    with ThreadPoolExecutor(max(1, workers)) as pool:
         try:
-            x0, y0, x1, y1 = BoxMode.convert(values, bbox_mode, BoxMode.XYXY_ABS)
-        except Exception as e:
-            return "bad_bbox", f"bbox {_show(values)} in mode {bbox_mode!r} cannot be used: {e}"
-    if x1 < x0 or y1 < y0:
-        return (
-            "negative_bbox_size",
-            f"bbox {_show(values)} has a negative width or height ({x1 - x0:g} x {y1 - y0:g})",
-        )
-    if x1 == x0 or y1 == y0:
-        return "empty_bbox", f"bbox {_show(values)} has zero width or height: dropped in training"
-    if image_size is not None:
-        w, h = image_size
-        if min(x1, w) <= max(x0, 0) or min(y1, h) <= max(y0, 0):
-            return (
-                "bbox_outside_image",
-                f"bbox {_show(values)} lies outside the {w}x{h} image: dropped",
-            )
-        tol = _BORDER_TOLERANCE
-        if x0 < -tol or y0 < -tol or x1 > w + tol or y1 > h + tol:
-            return (
-                "bbox_partly_outside",
-                f"bbox {_show(values)} extends past the {w}x{h} image: clipped",
-            )
-    return None
+            for problems in pool.map(check, entries):
+                for p in problems:
+                    out.add(p.kind, p.message, file_name=p.file_name, image_id=p.image_id)
+        except _Stop:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
-def _short_list(values: Sequence[Any], limit: int = 10) -> str:
-    shown = ", ".join(str(v) for v in values[:limit])
-    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
-
-
-def _validate_segmentation(segm: Any) -> Optional[Tuple[str, str]]:
-    if not segm or isinstance(segm, dict):  # none, or RLE
-        return None
-    if not isinstance(segm, list) or not all(isinstance(p, list) for p in segm):
-        return (
-            "bad_annotation_entry",
-            "segmentation must be RLE or a list of polygons [[x0, y0, x1, y1, ...], ...]",
-        )
-    if not any(len(p) % 2 == 0 and len(p) >= 6 for p in segm):
-        return "invalid_segmentation", "no polygon has 3 or more points"
-    return None
+# ---------------------------------------------------------------------------------------------
+# COCO json
 
 
 def _check_images(coco: dict, out: _Collector) -> Dict[Any, dict]:
@@ -625,7 +327,7 @@ def _check_images(coco: dict, out: _Collector) -> Dict[Any, dict]:
         image_id, file_name = img.get("id"), img.get("file_name")
         where = f"images[{index}] " + image_location(file_name, image_id)
         ids = {"file_name": file_name, "image_id": image_id}
-        if not _is_id(image_id):
+        if not is_id(image_id):
             out.add("bad_image_entry", f"{where}: 'id' must be an int", **ids)
             continue
         if not isinstance(file_name, str) or not file_name:
@@ -657,7 +359,7 @@ def _check_categories(coco: dict, out: _Collector) -> set:
     ids = set()
     for index, cat in enumerate(categories):
         cat_id = cat.get("id") if isinstance(cat, dict) else None
-        if not _is_id(cat_id) or not isinstance(cat.get("name"), str):
+        if not is_id(cat_id) or not isinstance(cat.get("name"), str):
             message = f"categories[{index}] {cat!r:.80}: needs an int 'id' and a 'name'"
             out.add("bad_category_entry", message)
         elif cat_id in ids:
@@ -671,7 +373,7 @@ def _check_annotation(
     index: int,
     ann: Any,
     images: Dict[Any, dict],
-    category_ids: set,
+    rule: AnnotationRule,
     ann_ids: Dict[Any, int],
     out: _Collector,
 ) -> bool:
@@ -680,17 +382,17 @@ def _check_annotation(
         out.add("bad_annotation_entry", f"annotations[{index}] is not an object: {ann!r:.80}")
         return False
     ann_id, image_id = ann.get("id"), ann.get("image_id")
-    image = images.get(image_id) if _is_id(image_id) else None
+    image = images.get(image_id) if is_id(image_id) else None
+    file_name = image["file_name"] if image else None
 
     def add(kind: str, detail: str, where: Optional[str] = None) -> None:
-        # Messages are built only for problems: this loop runs once per annotation.
-        file_name = image["file_name"] if image else None
+        # Messages are built only for problems: this runs once per annotation.
         where = where or annotation_location(ann, index, file_name, image_id)
         ids = {"file_name": file_name, "image_id": image_id, "annotation_id": ann_id}
         out.add(kind, f"{where}: {detail}", **ids)
 
-    if not _is_id(ann_id):
-        file_name = image["file_name"] if image else None
+    # The json's own structure (ids present and unique, the image listed); then the rule.
+    if not is_id(ann_id):
         where = f"annotations[{index}] of {image_location(file_name, image_id)}"
         add("bad_annotation_entry", f"'id' {ann_id!r} must be an int", where)
     elif ann_id in ann_ids:
@@ -702,23 +404,10 @@ def _check_annotation(
     if image is None:
         add("unknown_image_id", "image_id is not in 'images'")
         return False
-    if ann.get("ignore", 0):
-        add("bad_annotation_entry", "'ignore' is not supported; drop it")
-    cat = ann.get("category_id")
-    if not _is_id(cat) or cat not in category_ids:
-        known = _short_list(sorted(category_ids))
-        add("unknown_category", f"category_id={cat!r} is not in 'categories' (ids: {known})")
-    problem = _validate_segmentation(ann.get("segmentation"))
-    if problem is not None:
-        add(*problem)
-    if "bbox" not in ann:
-        add("bad_annotation_entry", "no 'bbox'")
-        return False
-    problem = check_bbox(ann["bbox"], BoxMode.XYWH_ABS, (image["width"], image["height"]))
-    if problem is not None:
-        add(*problem)
-    trainable = problem is None or problem[0] == "bbox_partly_outside"
-    return trainable and not ann.get("iscrowd", 0)
+    problems, trainable = rule.check(ann, (image["width"], image["height"]))
+    for kind, detail in problems:
+        add(kind, detail)
+    return trainable
 
 
 def _check_coco_dict(coco: Any, report: DatasetReport, out: _Collector) -> Dict[Any, dict]:
@@ -735,30 +424,14 @@ def _check_coco_dict(coco: Any, report: DatasetReport, out: _Collector) -> Dict[
     category_ids = _check_categories(coco, out)
     report.num_categories = len(category_ids)
 
+    rule = AnnotationRule(category_ids=category_ids, bbox_mode=BoxMode.XYWH_ABS)
     ann_ids: Dict[Any, int] = {}  # id -> index of its first annotation
     with_boxes = set()
     for index, ann in enumerate(annotations):
-        if _check_annotation(index, ann, images, category_ids, ann_ids, out):
+        if _check_annotation(index, ann, images, rule, ann_ids, out):
             with_boxes.add(ann["image_id"])
     report.num_images_without_boxes = len(set(images) - with_boxes)
     return images
-
-
-def _check_files(
-    entries: Iterable[Tuple[str, Any, Any, Any]], out: _Collector, decode: bool, workers: int
-) -> None:
-    def check(entry):
-        return check_image_file(*entry, decode=decode)
-
-    # Decoding releases the GIL for most of its time, so threads scale on large datasets.
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        try:
-            for problems in pool.map(check, entries):
-                for p in problems:
-                    out.add(p.kind, p.message, file_name=p.file_name, image_id=p.image_id)
-        except _Stop:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
 
 
 def check_coco_json(
@@ -807,7 +480,11 @@ def check_coco_json(
     return report
 
 
-def _check_record(index: int, record: Any, num_classes: Optional[int], out: _Collector) -> bool:
+# ---------------------------------------------------------------------------------------------
+# Detectron2 dataset dicts
+
+
+def _check_record(index: int, record: Any, rule: AnnotationRule, out: _Collector) -> bool:
     """Check one Detectron2 dataset dict; return whether it has a trainable box."""
     if not isinstance(record, dict) or "file_name" not in record:
         out.add("bad_image_entry", f"dataset dict #{index} has no 'file_name'")
@@ -819,24 +496,16 @@ def _check_record(index: int, record: Any, num_classes: Optional[int], out: _Col
         message = f"{image_location(file_name, image_id)}: width/height {size} must be ints > 0"
         out.add("bad_image_entry", message, **ids)
         size = None
-    trainable = False
+    has_box = False
     for k, ann in enumerate(record.get("annotations", [])):
-        where = annotation_location(ann, k, file_name, image_id)
-        ann_ids = dict(ids, annotation_id=ann.get("id") if isinstance(ann, dict) else None)
-        if not isinstance(ann, dict) or "bbox" not in ann or "bbox_mode" not in ann:
-            out.add("bad_annotation_entry", f"{where}: needs 'bbox' and 'bbox_mode'", **ann_ids)
-            continue
-        cat = ann.get("category_id")
-        if not _is_int(cat) or cat < 0 or (num_classes is not None and cat >= num_classes):
-            limit = "" if num_classes is None else f" 0..{num_classes - 1}"
-            message = f"{where}: category_id={cat!r} is not a contiguous class id{limit}"
-            out.add("unknown_category", message, **ann_ids)
-        problem = check_bbox(ann["bbox"], ann["bbox_mode"], size)
-        if problem is not None:
-            out.add(problem[0], f"{where}: {problem[1]}", **ann_ids)
-        ok = problem is None or problem[0] == "bbox_partly_outside"
-        trainable = trainable or (ok and not ann.get("iscrowd", 0))
-    return trainable
+        problems, trainable = rule.check(ann, size)
+        if problems:
+            where = annotation_location(ann, k, file_name, image_id)
+            ann_ids = dict(ids, annotation_id=ann.get("id") if isinstance(ann, dict) else None)
+            for kind, detail in problems:
+                out.add(kind, f"{where}: {detail}", **ann_ids)
+        has_box = has_box or trainable
+    return has_box
 
 
 def check_dataset_dicts(
@@ -863,9 +532,10 @@ def check_dataset_dicts(
     report = DatasetReport(source=source, num_images=len(dicts), num_categories=num_classes)
     report.num_annotations = sum(len(d.get("annotations", [])) for d in dicts)
     out = _Collector(report, max_errors)
+    rule = AnnotationRule(num_classes=num_classes)
     try:
         for index, record in enumerate(dicts):
-            if not _check_record(index, record, num_classes, out):
+            if not _check_record(index, record, rule, out):
                 report.num_images_without_boxes += 1
         if check_images:
             entries = [
