@@ -145,26 +145,35 @@ def check_deta_config(cfg) -> None:
     )
     _require(d.MSDA_IMPL in MSDA_IMPLS, "MSDA_IMPL", d.MSDA_IMPL, f"must be one of {MSDA_IMPLS}")
     for stage in ("STAGE1", "STAGE2"):
-        s = d[stage]
-        _require(
-            len(s.IOU_LABELS) == len(s.IOU_THRESHOLDS) + 1,
-            f"{stage}.IOU_LABELS",
-            list(s.IOU_LABELS),
-            f"needs len(IOU_THRESHOLDS)+1 = {len(s.IOU_THRESHOLDS) + 1} entries",
-        )
-        _require(
-            list(s.IOU_THRESHOLDS) == sorted(s.IOU_THRESHOLDS),
-            f"{stage}.IOU_THRESHOLDS",
-            list(s.IOU_THRESHOLDS),
-            "must be sorted ascending",
-        )
-        _require(
-            0.0 < s.POSITIVE_FRACTION <= 1.0,
-            f"{stage}.POSITIVE_FRACTION",
-            s.POSITIVE_FRACTION,
-            "must be in (0, 1]",
-        )
-        _require(s.MAX_K >= 1, f"{stage}.MAX_K", s.MAX_K, "must be >= 1")
+        _check_assigner(d[stage], stage)
+    _check_selection_and_nms(d)
+
+
+def _check_assigner(s, stage: str) -> None:
+    """The IoU assigner keys of one stage (``STAGE1`` or ``STAGE2``)."""
+    _require(
+        len(s.IOU_LABELS) == len(s.IOU_THRESHOLDS) + 1,
+        f"{stage}.IOU_LABELS",
+        list(s.IOU_LABELS),
+        f"needs len(IOU_THRESHOLDS)+1 = {len(s.IOU_THRESHOLDS) + 1} entries",
+    )
+    _require(
+        list(s.IOU_THRESHOLDS) == sorted(s.IOU_THRESHOLDS),
+        f"{stage}.IOU_THRESHOLDS",
+        list(s.IOU_THRESHOLDS),
+        "must be sorted ascending",
+    )
+    _require(
+        0.0 < s.POSITIVE_FRACTION <= 1.0,
+        f"{stage}.POSITIVE_FRACTION",
+        s.POSITIVE_FRACTION,
+        "must be in (0, 1]",
+    )
+    _require(s.MAX_K >= 1, f"{stage}.MAX_K", s.MAX_K, "must be >= 1")
+
+
+def _check_selection_and_nms(d) -> None:
+    """First-stage proposal selection and test-time NMS."""
     _require(
         d.PROPOSAL_PRE_NMS_TOPK >= 1,
         "PROPOSAL_PRE_NMS_TOPK",

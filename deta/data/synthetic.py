@@ -179,6 +179,25 @@ def _pick_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
     return best
 
 
+def _pixels_lost(owner: np.ndarray, placed: _Placement, num_shapes: int) -> np.ndarray:
+    """Per earlier shape, how many of its visible pixels ``placed`` would cover."""
+    x0, y0, x1, y1 = placed.patch
+    covered = owner[y0:y1, x0:x1][placed.mask]
+    return np.bincount(covered[covered >= 0], minlength=num_shapes)[:num_shapes]
+
+
+def _paint(rng: np.random.Generator, img: np.ndarray, placed: _Placement) -> None:
+    """Blend the placed shape into ``img`` in a colour that stands out from what is under it."""
+    x0, y0, x1, y1 = placed.patch
+    patch = img[y0:y1, x0:x1]
+    colour = _pick_colour(rng, patch[placed.mask].mean(axis=0))
+    # A mild linear shading across the shape, so objects are not flat colour cards.
+    shade = np.linspace(-1, 1, y1 - y0, dtype=np.float32)[:, None, None] * rng.uniform(0, 20)
+    fill = np.clip(colour.astype(np.float32) + shade, 0, 255)
+    a = placed.alpha[..., None]
+    img[y0:y1, x0:x1] = patch * (1 - a) + fill * a
+
+
 def render_synthetic_image(
     rng: np.random.Generator,
     height: int,
@@ -220,28 +239,21 @@ def render_synthetic_image(
         offsets = _shape_offsets(rng, name, size, height, width)
         for _try in range(max_tries):
             placed = _place(rng, name, offsets, height, width)
-            (x0, y0, x1, y1), alpha, mask = placed.patch, placed.alpha, placed.mask
-            covered = owner[y0:y1, x0:x1][mask]
-            lost = np.bincount(covered[covered >= 0], minlength=len(full))[: len(full)]
-            if mask.any() and np.all(visible - lost >= min_visible * full):
+            lost = _pixels_lost(owner, placed, len(full))
+            if placed.mask.any() and np.all(visible - lost >= min_visible * full):
                 break
         else:
             continue  # no placement keeps the earlier shapes visible enough: skip this one
-        patch = img[y0:y1, x0:x1]
-        colour = _pick_colour(rng, patch[mask].mean(axis=0))
-        # A mild linear shading across the shape, so objects are not flat colour cards.
-        shade = np.linspace(-1, 1, y1 - y0, dtype=np.float32)[:, None, None] * rng.uniform(0, 20)
-        fill = np.clip(colour.astype(np.float32) + shade, 0, 255)
-        a = alpha[..., None]
-        img[y0:y1, x0:x1] = patch * (1 - a) + fill * a
+        _paint(rng, img, placed)
+        x0, y0, x1, y1 = placed.patch
+        mask = placed.mask
         owner[y0:y1, x0:x1][mask] = len(full)
-        visible = np.append(visible - lost, mask.sum())
-        full = np.append(full, mask.sum())
+        visible, full = np.append(visible - lost, mask.sum()), np.append(full, mask.sum())
         objects.append(
             {
                 "category_index": SYNTHETIC_CATEGORIES.index(name),
                 "bbox": placed.bbox,
-                "area": float(alpha.sum()),
+                "area": float(placed.alpha.sum()),
             }
         )
     img += rng.normal(0, rng.uniform(2, 6), size=img.shape).astype(np.float32)  # sensor noise
@@ -284,6 +296,53 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)  # never leave a half-written json that looks complete
 
 
+def _render_indexed(rng: np.random.Generator, empty: bool, args: Dict[str, Any]):
+    """One image of a split: its size and object count drawn from ``rng``, then rendered."""
+    long_side = int(rng.integers(args["min_long_side"], args["max_long_side"] + 1))
+    short_side = int(round(long_side * rng.uniform(args["min_aspect"], 1.0)))
+    h, w = (short_side, long_side) if rng.random() < 0.5 else (long_side, short_side)
+    n = 0 if empty else int(rng.integers(args["min_objects"], args["max_objects"] + 1))
+    return render_synthetic_image(
+        rng,
+        h,
+        w,
+        n,
+        min_object_size=args["min_object_size"],
+        max_object_frac=args["max_object_frac"],
+        min_visible=args["min_visible"],
+    )
+
+
+def _coco_annotation(obj: Dict[str, Any], ann_id: int, image_id: int) -> Dict[str, Any]:
+    x0, y0, x1, y1 = (round(v, 2) for v in obj["bbox"])
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": obj["category_index"] + 1,
+        "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+        "area": round(obj["area"], 2),
+        "iscrowd": 0,
+        "segmentation": [],
+    }
+
+
+def _coco_dict(split: str, images: List[dict], annotations: List[dict]) -> Dict[str, Any]:
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": "shape"}
+        for i, name in enumerate(SYNTHETIC_CATEGORIES)
+    ]
+    return {
+        "info": {
+            "description": f"DETA synthetic shapes ({split})",
+            "version": str(_FORMAT_VERSION),
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
 def _generate_split(root: str, split: str, code: int, num: int, args: Dict[str, Any]) -> dict:
     image_dir = os.path.join(root, split)
     os.makedirs(image_dir, exist_ok=True)
@@ -297,55 +356,37 @@ def _generate_split(root: str, split: str, code: int, num: int, args: Dict[str, 
     images, annotations = [], []
     for index in range(num):
         rng = np.random.default_rng([args["seed"], code, index])
-        long_side = int(rng.integers(args["min_long_side"], args["max_long_side"] + 1))
-        short_side = int(round(long_side * rng.uniform(args["min_aspect"], 1.0)))
-        h, w = (short_side, long_side) if rng.random() < 0.5 else (long_side, short_side)
-        n = 0 if index in empty else int(rng.integers(args["min_objects"], args["max_objects"] + 1))
-        image, objects = render_synthetic_image(
-            rng,
-            h,
-            w,
-            n,
-            min_object_size=args["min_object_size"],
-            max_object_frac=args["max_object_frac"],
-            min_visible=args["min_visible"],
-        )
+        image, objects = _render_indexed(rng, index in empty, args)
         file_name = _image_name(index)
         Image.fromarray(image).save(
             os.path.join(image_dir, file_name), format="JPEG", quality=args["jpeg_quality"]
         )
         image_id = index + 1
+        h, w = image.shape[:2]
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
         for obj in objects:
-            x0, y0, x1, y1 = (round(v, 2) for v in obj["bbox"])
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": obj["category_index"] + 1,
-                    "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                    "area": round(obj["area"], 2),
-                    "iscrowd": 0,
-                    "segmentation": [],
-                }
-            )
-    categories = [
-        {"id": i + 1, "name": name, "supercategory": "shape"}
-        for i, name in enumerate(SYNTHETIC_CATEGORIES)
-    ]
-    coco = {
-        "info": {
-            "description": f"DETA synthetic shapes ({split})",
-            "version": str(_FORMAT_VERSION),
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
-    _write_json(_json_path(root, split), coco)
+            annotations.append(_coco_annotation(obj, len(annotations) + 1, image_id))
+    _write_json(_json_path(root, split), _coco_dict(split, images, annotations))
     num_with_objects = len({a["image_id"] for a in annotations})
     return {"images": len(images), "annotations": len(annotations), "empty": num - num_with_objects}
+
+
+# The arguments recorded in the manifest, in order, with their types.
+_ARG_TYPES = {
+    "num_train": int,
+    "num_val": int,
+    "seed": int,
+    "min_long_side": int,
+    "max_long_side": int,
+    "min_aspect": float,
+    "min_objects": int,
+    "max_objects": int,
+    "empty_fraction": float,
+    "min_object_size": float,
+    "max_object_frac": float,
+    "min_visible": float,
+    "jpeg_quality": int,
+}
 
 
 def _check_args(args: Dict[str, Any]) -> None:
@@ -367,6 +408,18 @@ def _check_args(args: Dict[str, Any]) -> None:
             f"min_object_size={args['min_object_size']}, num_train={args['num_train']}, "
             f"num_val={args['num_val']}"
         )
+
+
+def _write_dataset(root: str, args: Dict[str, Any]) -> Dict[str, dict]:
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    if os.path.exists(_manifest_path(root)):
+        os.remove(_manifest_path(root))  # the old copy is incomplete from here on
+    stats = {}
+    for split, code in _SPLITS:
+        stats[split] = _generate_split(root, split, code, args[f"num_{split}"], args)
+    _write_json(_manifest_path(root), {"args": args, "stats": stats})
+    logger.info("Wrote the DETA synthetic dataset to %s: %s", root, stats)
+    return stats
 
 
 def generate_synthetic_coco(
@@ -408,22 +461,9 @@ def generate_synthetic_coco(
         paths (``train_json``, ``train_images``, ``val_json``, ``val_images``) and ``stats`` (per
         split: images, annotations, empty images; ``None`` for a no-op).
     """
-    args = {
-        "format_version": _FORMAT_VERSION,
-        "num_train": int(num_train),
-        "num_val": int(num_val),
-        "seed": int(seed),
-        "min_long_side": int(min_long_side),
-        "max_long_side": int(max_long_side),
-        "min_aspect": float(min_aspect),
-        "min_objects": int(min_objects),
-        "max_objects": int(max_objects),
-        "empty_fraction": float(empty_fraction),
-        "min_object_size": float(min_object_size),
-        "max_object_frac": float(max_object_frac),
-        "min_visible": float(min_visible),
-        "jpeg_quality": int(jpeg_quality),
-    }
+    given = dict(locals())
+    args = {"format_version": _FORMAT_VERSION}
+    args.update((key, kind(given[key])) for key, kind in _ARG_TYPES.items())
     _check_args(args)
     result: Dict[str, Any] = {"root": root}
     for split, _ in _SPLITS:
@@ -433,13 +473,6 @@ def generate_synthetic_coco(
     start = time.perf_counter()
     stats: Optional[Dict[str, dict]] = None
     if force or not _is_complete(root, args):
-        os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-        if os.path.exists(_manifest_path(root)):
-            os.remove(_manifest_path(root))  # the old copy is incomplete from here on
-        stats = {}
-        for split, code in _SPLITS:
-            stats[split] = _generate_split(root, split, code, args[f"num_{split}"], args)
-        _write_json(_manifest_path(root), {"args": args, "stats": stats})
-        logger.info("Wrote the DETA synthetic dataset to %s: %s", root, stats)
+        stats = _write_dataset(root, args)
     result.update(generated=stats is not None, seconds=time.perf_counter() - start, stats=stats)
     return result
