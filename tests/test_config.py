@@ -7,23 +7,15 @@ from unittest import mock
 
 import torch
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 import deta  # noqa: F401  registers DETA and the backbones
-from deta import add_deta_config
 from deta.modeling import DETA
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .helpers.config import REPO, load
+
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
-
-
-def load(path, *opts):
-    cfg = get_cfg()
-    add_deta_config(cfg)
-    cfg.merge_from_file(path)  # yacs raises on unknown keys: catches typos in the yaml files
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 def _keys(node, prefix=""):

@@ -22,9 +22,9 @@ from deta.checkpoint import (
 )
 from tools import convert_official_checkpoint as tool
 
-from .modeling.golden import WEIGHTS, golden_cfg, require_golden
-from .modeling.tiny import tiny_batch
-from .test_config import REPO, load
+from .helpers.config import REPO, load
+from .helpers.golden import WEIGHTS, golden_cfg, require_golden
+from .helpers.tiny import tiny_batch
 
 _TO_OFFICIAL_BLOCK = {"shortcut": "downsample.0", "shortcut.norm": "downsample.1"}
 

@@ -14,7 +14,7 @@ import unittest
 
 import torch
 
-from .test_train_net import INSTANT_CONFIG, REPO, make_tiny_dataset
+from .helpers.train import INSTANT_CONFIG, REPO, make_tiny_dataset
 
 _COPYPASTE = re.compile(r"copypaste: ([0-9.]+,[0-9.,nan]+)")
 

@@ -27,7 +27,7 @@ from deta.data import SYNTHETIC_CATEGORIES, generate_synthetic_coco
 from deta.data.datasets import register_deta_coco_instances
 from deta.evaluation import build_coco_evaluator
 
-from .modeling.tiny import tiny_cfg
+from .helpers.tiny import tiny_cfg
 
 NUM_IMAGES = 300
 logger = logging.getLogger(__name__)

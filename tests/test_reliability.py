@@ -14,7 +14,7 @@ import torch
 from deta.data import register_deta_synthetic
 from deta.engine import DetaCheckpointer
 
-from .test_train_net import REPO, cli_args, load_train_net, make_tiny_dataset, read_metrics
+from .helpers.train import REPO, cli_args, load_train_net, make_tiny_dataset, read_metrics
 
 # Child process: a 12-iteration run with a checkpoint every 5 iterations. With KILL_AT_SAVE=n
 # the n-th torch.save writes part of its file and then SIGKILLs the process, as a crash or an
@@ -25,7 +25,7 @@ CHILD = textwrap.dedent(
     import torch
     sys.path.insert(0, {repo!r})
     from deta.data import register_deta_synthetic
-    from tests.test_train_net import cli_args, load_train_net, make_tiny_dataset
+    from tests.helpers.train import cli_args, load_train_net, make_tiny_dataset
 
     torch.set_num_threads(1)
     kill_at = int(os.environ.get("KILL_AT_SAVE", "0"))

@@ -12,7 +12,7 @@ from detectron2.structures import BoxMode
 from deta.data import DetaDatasetMapper
 from deta.data.annotations import AnnotationRule, DatasetError
 from deta.data.dataset_check import check_dataset_dicts
-from tests.data.helpers import TmpDirCase, ann, official_cfg, record, train_mapper
+from tests.helpers.data import TmpDirCase, ann, official_cfg, record, train_mapper
 
 
 class TestBoxes(TmpDirCase):

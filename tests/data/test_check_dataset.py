@@ -15,7 +15,7 @@ from detectron2.structures import BoxMode
 
 from deta.data.dataset_check import ERROR, PROBLEM_KINDS, WARNING, check_coco_json
 from deta.data.datasets import register_deta_coco_instances
-from tests.data.helpers import coco_ann, write_coco, write_png16, write_rgb
+from tests.helpers.data import coco_ann, write_coco, write_png16, write_rgb
 from tools.check_dataset import main
 
 # Every problem kind the messy dataset below contains, with (file, annotation id) it must name.

@@ -11,7 +11,7 @@ from deta.data.datasets import (
     register_deta_coco_instances,
     use_deta_coco_loader,
 )
-from tests.data.helpers import TmpDirCase, coco_ann, train_mapper, write_coco, write_rgb
+from tests.helpers.data import TmpDirCase, coco_ann, train_mapper, write_coco, write_rgb
 
 
 class TestCocoLoading(TmpDirCase):

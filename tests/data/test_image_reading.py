@@ -15,7 +15,7 @@ from detectron2.data import detection_utils as utils
 from deta.data import DetaDatasetMapper, detr_resize_shape
 from deta.data.dataset_mapper import DatasetMapperError
 from deta.data.images import ImageReadError, open_image, read_image
-from tests.data.helpers import (
+from tests.helpers.data import (
     SCALES,
     TmpDirCase,
     ann,

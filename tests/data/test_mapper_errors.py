@@ -10,7 +10,7 @@ from detectron2.data.common import DatasetFromList, MapDataset
 
 from deta.data import DetaDatasetMapper
 from deta.data.dataset_mapper import DatasetMapperError
-from tests.data.helpers import TmpDirCase, record
+from tests.helpers.data import TmpDirCase, record
 
 
 class _Boom(T.Augmentation):

@@ -8,7 +8,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from .tiny import tiny_batch, tiny_cfg
+from ..helpers.tiny import tiny_batch, tiny_cfg
 
 
 def _expected_loss_keys(num_dec_layers: int):

@@ -22,7 +22,7 @@ from deta.layers import MSDeformAttn
 from deta.modeling.deformable_transformer import DeformableDecoderLayer, DeformableEncoderLayer
 from deta.modeling.heads import MLP
 
-from .tiny import tiny_batch, tiny_cfg
+from ..helpers.tiny import tiny_batch, tiny_cfg
 
 HAS_ONEDNN = fast_cpu.capabilities().onednn_linear
 

@@ -28,8 +28,8 @@ from deta import fast_cpu
 from deta.checkpoint import COCO_CATEGORY_IDS
 from deta.modeling.postprocess import nms_inference
 
-from .golden import golden_model, reference, require_golden
-from .tie_aware import compare_selection, match_detections, query_keys
+from ..helpers.golden import golden_model, reference, require_golden
+from ..helpers.tie_aware import compare_selection, match_detections, query_keys
 
 ATOL = 1e-4
 # Both paths' first-stage logits are within ATOL of the official ones (test_encoder_outputs), so

@@ -4,7 +4,7 @@ import os
 import unittest
 from unittest import mock
 
-from . import golden
+from ..helpers import golden
 
 
 class TestRequireGolden(unittest.TestCase):

@@ -13,7 +13,7 @@ from deta.fast_cpu import (
     override_capabilities,
 )
 
-from .tiny import tiny_cfg
+from ..helpers.tiny import tiny_cfg
 
 
 def backbone(*opts):

@@ -4,7 +4,7 @@ import unittest
 
 import torch
 
-from .tie_aware import compare_selection, match_detections, query_keys
+from ..helpers.tie_aware import compare_selection, match_detections, query_keys
 
 STARTS = torch.tensor([0, 6])  # two levels: tokens 0-5 and 6-9
 ANCHORS = torch.full((10, 4), 0.5)
