@@ -19,6 +19,8 @@ For each shape, mode (forward; forward + backward) and implementation it reports
 Example::
 
     python tools/benchmark_ms_deform_attn.py --threads 2 --json /tmp/msda.json
+
+``run_benchmark(Options(...))`` does the same from Python (``tools/benchmark.py op`` calls it).
 """
 
 import argparse
@@ -31,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, fields
+from typing import Sequence
 
 import torch
 
@@ -42,6 +46,18 @@ HEADS, CHANNELS, POINTS = 8, 32, 4
 CASES = {"encoder": None, "decoder": 900}  # queries: all tokens / 900 object queries
 MODES = ("forward", "forward+backward")
 IMPLS = ("cpp", "pytorch")
+
+
+@dataclass
+class Options:
+    """What :func:`run_benchmark` measures; the defaults are those of the command line."""
+
+    threads: int = 2  # torch.set_num_threads, also in the memory subprocesses
+    warmup: int = 2
+    iters: int = 20  # timed runs of the cpp kernel
+    ref_iters: int = 5  # timed runs of the (much slower) reference
+    cases: Sequence[str] = tuple(CASES)
+    no_memory: bool = False  # skip the memory subprocesses
 
 
 def make_inputs(case: str, seed: int = 0, levels=LEVELS):
@@ -186,11 +202,14 @@ def cpu_model() -> str:
 
 
 def parse_args():
+    d = Options()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=20, help="timed runs of the cpp kernel")
-    parser.add_argument("--ref-iters", type=int, default=5, help="timed runs of the reference")
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch.set_num_threads")
+    parser.add_argument("--warmup", type=int, default=d.warmup)
+    parser.add_argument("--iters", type=int, default=d.iters, help="timed runs of the cpp kernel")
+    parser.add_argument(
+        "--ref-iters", type=int, default=d.ref_iters, help="timed runs of the reference"
+    )
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--json", help="also write the results to this file")
@@ -198,7 +217,7 @@ def parse_args():
     return parser.parse_args()
 
 
-def benchmark_case(case: str, args, bandwidth: float) -> list:
+def benchmark_case(case: str, options: Options, bandwidth: float) -> list:
     inputs = make_inputs(case)
     fwd = [make_step(inputs, impl, "forward")() for impl in IMPLS]
     max_diff = (fwd[0] - fwd[1]).abs().max().item()
@@ -206,9 +225,11 @@ def benchmark_case(case: str, args, bandwidth: float) -> list:
     for mode in MODES:
         floor_ms = 1e3 * floor_bytes(inputs, mode) / bandwidth
         for impl in IMPLS:
-            iters = args.iters if impl == "cpp" else args.ref_iters
-            ms, min_ms = time_ms(make_step(inputs, impl, mode), args.warmup, iters)
-            mem = None if args.no_memory else run_memory_probe(case, impl, mode, args.threads)
+            iters = options.iters if impl == "cpp" else options.ref_iters
+            ms, min_ms = time_ms(make_step(inputs, impl, mode), options.warmup, iters)
+            mem = None
+            if not options.no_memory:
+                mem = run_memory_probe(case, impl, mode, options.threads)
             rows.append(
                 {
                     "case": case,
@@ -260,17 +281,15 @@ def print_table(rows: list) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    if args.memory_probe:
-        print(json.dumps(memory_probe(*args.memory_probe)))
-        return
+def run_benchmark(options: Options) -> dict:
+    """Time every case, mode and implementation, print the table; returns ``{"info": machine and
+    shapes, "results": one row per (case, mode, impl)}``, what ``--json`` writes."""
+    torch.set_num_threads(options.threads)
     load_before = os.getloadavg()[0]
     bandwidth = copy_bandwidth()
     rows = []
-    for case in args.cases:
-        rows += benchmark_case(case, args, bandwidth)
+    for case in options.cases:
+        rows += benchmark_case(case, options, bandwidth)
     info = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -291,12 +310,22 @@ def main() -> None:
         f"{load_before:.1f} before, {info['load_average_1min'][1]:.1f} after"
     )
     print_table(rows)
-    for case in args.cases:
+    for case in options.cases:
         diff = next(r["max_abs_diff_forward"] for r in rows if r["case"] == case)
         print(f"{case}: max |cpp - pytorch| forward = {diff:.2e}")
+    return {"info": info, "results": rows}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(*args.memory_probe)))
+        return
+    data = run_benchmark(Options(**{f.name: getattr(args, f.name) for f in fields(Options)}))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "results": rows}, f, indent=2)
+            json.dump(data, f, indent=2)
 
 
 if __name__ == "__main__":

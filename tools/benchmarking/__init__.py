@@ -1,0 +1,43 @@
+"""Benchmarks of DETA: inference speed (the official FPS method), training speed, the
+deformable-attention op, IoU assignment against Hungarian matching, and a per-stage breakdown.
+
+Modes (subcommands):
+
+- ``inference``: one image repeated to the batch size, warm-up, then the mean time of
+  ``model.forward_features`` on the normalised tensor (no pre/post-processing) and FPS; also the
+  end-to-end ``model(batched_inputs)`` on uint8 images (normalisation, padding, NMS post-process),
+  latency percentiles and peak memory. Every configuration runs in a fresh subprocess so its peak
+  memory is its own. ``--peer hf`` times Hugging Face ``DetaForObjectDetection`` (same config,
+  random init) on the same input in the same run; ``--check`` compares our outputs with the
+  unoptimised path (grid_sample reference op, autograd on: no oneDNN fast path).
+- ``train``: iterations/s and peak memory of forward + backward + optimizer step on synthetic
+  images with random boxes.
+- ``op``: the deformable-attention kernels against the PyTorch reference (runs
+  ``tools/benchmark_ms_deform_attn.py``).
+- ``assign``: Stage1Assigner / Stage2Assigner against HungarianMatcher per image.
+- ``breakdown``: time per model stage from the ``record_function`` scopes of the model, and the
+  most expensive ops, under ``torch.profiler``.
+- ``ap``: COCO AP of a trained model (default: the ``tools/run_demo.py`` model on the synthetic
+  val set) in fp32 and under bf16/fp16 autocast.
+
+Every mode prints a table, optionally writes ``--json``, and records the machine (CPU model,
+cores), threads, torch, the ``deta._C`` build and the load average (``os.getloadavg``) before and
+after each measurement: on a shared machine the load says how far to trust the numbers.
+
+Examples::
+
+    python tools/benchmark.py inference --batch-sizes 1 4 --peer hf --check --json out.json
+    python tools/benchmark.py inference --dtype bf16 --batch-sizes 1
+    python tools/benchmark.py inference --skip-e2e --image-sizes 512x683 800x1201 \\
+        --num-queries 300 900 --batch-sizes 1
+    python tools/benchmark.py breakdown --iters 2
+    python tools/benchmark.py train --image-size 512x683 --batch-size 2
+    python tools/benchmark.py assign
+    python tools/benchmark.py op --iters 5
+    python tools/benchmark.py ap --dtype fp32 bf16
+
+Layout: ``cli`` (flags, dispatch), ``harness`` (machine info, timing, memory, worker
+subprocesses), ``models`` (config, model, synthetic inputs), ``tables``, ``peer_hf`` (the Hugging
+Face peer), ``parity`` (``--check``) and one module per mode. The entry point is
+``tools/benchmark.py``; workers run as ``tools/benchmark.py _worker NAME JSON``.
+"""

@@ -1,0 +1,132 @@
+"""The command line of ``tools/benchmark.py``: the flags of every mode, the dispatch to the mode,
+the JSON it writes, and the ``_worker`` entry the measuring subprocesses run."""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+import tools.benchmarking as package
+from tools.benchmarking.ap import mode_ap
+from tools.benchmarking.assign import mode_assign
+from tools.benchmarking.breakdown import mode_breakdown
+from tools.benchmarking.harness import DTYPES, REPO, load_average, machine_info, print_machine
+from tools.benchmarking.inference import inference_worker, mode_inference
+from tools.benchmarking.op import mode_op
+from tools.benchmarking.peer_hf import peer_worker
+from tools.benchmarking.train import mode_train, train_worker
+
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "deta_R_50_5scale_12ep.yaml")
+DEFAULT_PEER_PATH = os.path.join(REPO, ".bench", "peer")
+
+MODES = {
+    "ap": mode_ap,
+    "inference": mode_inference,
+    "train": mode_train,
+    "op": mode_op,
+    "assign": mode_assign,
+    "breakdown": mode_breakdown,
+}
+# What `tools/benchmark.py _worker NAME JSON` runs (harness.run_worker starts these).
+WORKERS = {"inference": inference_worker, "peer": peer_worker, "train": train_worker}
+
+
+def add_common(p, iters: int, warmup: int, dtypes: bool = False) -> None:
+    p.add_argument("--config-file", default=DEFAULT_CONFIG)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    if dtypes:
+        p.add_argument(
+            "--dtype", dest="dtypes", nargs="+", choices=list(DTYPES), default=["fp32"],
+            help="fp32, or torch.autocast with bf16/fp16; several are measured in turn",
+        )  # fmt: skip
+    else:
+        p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="or torch.autocast")
+    p.add_argument("--iters", type=int, default=iters, help="timed iterations")
+    p.add_argument("--warmup", type=int, default=warmup, help="discarded iterations")
+    p.add_argument("--weights", default=None, help="checkpoint; default random weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config KEY VALUE pairs")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=package.__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="mode", required=True)
+
+    p = sub.add_parser("inference", help="forward-only FPS and end-to-end latency")
+    add_common(p, iters=10, warmup=5, dtypes=True)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--image-sizes", nargs="+", default=["800x1201"], help="HxW")
+    p.add_argument(
+        "--num-queries", type=int, nargs="+", default=[0], help="MODEL.DETA.NUM_QUERIES; 0: cfg"
+    )
+    p.add_argument("--skip-e2e", action="store_true", help="forward-only timing")
+    p.add_argument("--peer", choices=["hf"], default=None, help="also time a peer implementation")
+    p.add_argument("--peer-path", default=DEFAULT_PEER_PATH, help="folder holding transformers")
+    p.add_argument("--peer-iters", type=int, default=None, help="default: --iters")
+    p.add_argument("--peer-warmup", type=int, default=None, help="default: --warmup")
+    p.add_argument("--check", action="store_true", help="compare outputs with the unoptimised path")
+
+    p = sub.add_parser("train", help="training iterations/s and peak memory")
+    add_common(p, iters=5, warmup=2)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[2])
+    p.add_argument("--image-size", default="800x1201", help="HxW of every synthetic image")
+    p.add_argument("--boxes-per-image", type=int, default=10)
+
+    p = sub.add_parser("op", help="deformable-attention kernels vs the PyTorch reference")
+    add_common(p, iters=10, warmup=2)
+    p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+
+    p = sub.add_parser("assign", help="IoU assignment vs Hungarian matching, per image")
+    add_common(p, iters=20, warmup=3)
+    p.add_argument("--num-gts", type=int, nargs="+", default=[10, 50, 100])
+    p.add_argument("--queries", type=int, default=None, help="default: MODEL.DETA.NUM_QUERIES")
+    p.add_argument("--num-classes", type=int, default=None, help="default: MODEL.DETA.NUM_CLASSES")
+    p.add_argument("--tokens", type=int, default=20167, help="encoder tokens (Stage1 anchors)")
+
+    p = sub.add_parser("breakdown", help="time per model stage (torch.profiler scopes)")
+    add_common(p, iters=3, warmup=1)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--image-size", default="800x1201", help="HxW")
+    p.add_argument("--top", type=int, default=15, help="ops listed")
+
+    p = sub.add_parser("ap", help="COCO AP of a trained model in fp32 vs bf16/fp16 autocast")
+    add_common(p, iters=0, warmup=0, dtypes=True)
+    p.set_defaults(
+        config_file=os.path.join(REPO, "configs", "deta_R_18_synthetic_cpu.yaml"),
+        weights=os.path.join(REPO, "output", "demo", "model", "model_final.pth"),
+        dtypes=["fp32", "bf16"],
+    )
+    p.add_argument("--dataset", default="deta_synthetic_val")
+    p.add_argument(
+        "--dataset-root", default=os.path.join(REPO, "output", "demo", "datasets", "deta_synthetic")
+    )
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "_worker":
+        result = WORKERS[sys.argv[2]](json.loads(sys.argv[3]))
+        print(json.dumps(result))
+        return
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    info = machine_info(args.threads, args.device)
+    print_machine(info)
+    data = MODES[args.mode](args)
+    info["loadavg_end"] = load_average()
+    print(
+        f"load average (1, 5, 15 min) at end: {info['loadavg_end']} "
+        f"on {info['usable_cores']} cores"
+    )
+    if args.json:
+        payload = {"mode": args.mode, "argv": sys.argv[1:], "machine": info, **data}
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"wrote {args.json}")

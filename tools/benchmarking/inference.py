@@ -1,0 +1,142 @@
+"""``inference``: forward-only FPS (the official method) and end-to-end latency, one fresh
+subprocess per (image size, queries, batch, dtype), optionally with the Hugging Face peer and the
+``--check`` parity result."""
+
+import torch
+
+from tools.benchmarking.harness import base_spec, load_average, measure, run_worker, start_result
+from tools.benchmarking.models import forward_inputs, parse_size, synthetic_image, worker_model
+from tools.benchmarking.parity import parity_check
+from tools.benchmarking.tables import ms, print_table
+
+
+def inference_worker(spec: dict) -> dict:
+    device, _, model, amp = worker_model(spec)
+    h, w = spec["image_size"]
+    batch = spec["batch_size"]
+    image = synthetic_image(h, w, spec["seed"])
+    x, mask = forward_inputs(model, image, batch)
+    batched = [{"image": image, "height": h, "width": w} for _ in range(batch)]
+    result = start_result("ours", model)
+
+    def forward():
+        with torch.no_grad(), amp:
+            return model.forward_features(x, mask)
+
+    def end_to_end():
+        with torch.no_grad(), amp:
+            return model(batched)
+
+    result["memory_method"], result["forward"] = measure(forward, spec, device)
+    if not spec["skip_e2e"]:
+        _, result["e2e"] = measure(end_to_end, spec, device)
+        result["detections"] = len(end_to_end()[0]["instances"])
+    out = forward()
+    result["shapes"] = {k: list(out[k].shape) for k in ("pred_logits", "pred_boxes")}
+    if spec["check"]:
+        result["check"] = parity_check(model, x, mask, out, amp, spec["dtype"])
+    result["loadavg_end"] = load_average()
+    return result
+
+
+def mode_inference(args) -> dict:
+    results = []
+    grid = [
+        (s, q, b, d)
+        for s in args.image_sizes
+        for q in args.num_queries
+        for b in args.batch_sizes
+        for d in args.dtypes  # adjacent in time, so their comparison sees the same load
+    ]
+    for size, queries, batch, dtype in grid:
+        spec = base_spec(args)
+        spec.update(
+            dtype=dtype,
+            image_size=parse_size(size),
+            batch_size=batch,
+            skip_e2e=args.skip_e2e,
+            check=args.check and batch == min(args.batch_sizes),
+            peer_path=args.peer_path,
+        )
+        if queries:
+            spec["opts"] += ["MODEL.DETA.NUM_QUERIES", str(queries)]
+        ours = run_worker("inference", spec)
+        row = {"image_size": size, "batch_size": batch, "num_queries": queries, "dtype": dtype}
+        row["ours"] = ours
+        if args.peer == "hf" and dtype == "fp32":  # the peer is timed in fp32 only
+            peer_spec = dict(spec, check=False)
+            peer_spec["warmup"] = args.warmup if args.peer_warmup is None else args.peer_warmup
+            peer_spec["iters"] = args.iters if args.peer_iters is None else args.peer_iters
+            row["peer"] = run_worker("peer", peer_spec)
+        results.append(row)
+        _print_row(row)
+    print()
+    _print_table(results, args)
+    return {"results": results}
+
+
+def _print_row(row) -> None:
+    """One line per configuration as soon as it is measured (a full run takes minutes)."""
+    ours = row["ours"]
+    if "error" in ours:
+        print(ours["error"])
+        return
+    f = ours["forward"]
+    print(
+        f"[{row['image_size']} b{row['batch_size']} q{row['num_queries'] or 'cfg'} {row['dtype']}] "
+        f"forward mean {ms(f['mean_s'])} ms, load {ours['loadavg_start']} -> {ours['loadavg_end']}"
+    )
+    if "check" in ours:
+        c = ours["check"]
+        print(
+            f"  check vs {c['reference']}: max|d logits| {c['max_abs_diff_pred_logits']:.2e}, "
+            f"max|d boxes| {c['max_abs_diff_pred_boxes']:.2e} (same tokens fed), "
+            f"max|d memory| {c['max_abs_diff_memory']:.2e}, max|d enc logits| "
+            f"{c['max_abs_diff_enc_logits']:.2e}; reference selects the same tokens: "
+            f"{100 * c['selected_same_fraction']:.1f}%"
+            + (f", pass(1e-4) {c['pass_1e-4']}" if "pass_1e-4" in c else "")
+        )
+    peer = row.get("peer")
+    if peer and "error" in peer:
+        print(peer["error"])
+
+
+def _print_table(results, args) -> None:
+    header = ["input", "batch", "queries", "dtype", "model", "warm-up+iters", "fwd mean ms"]
+    header += ["p50", "p90"]
+    header += ["FPS", "CPU s/it"]
+    header += ["peak MiB", "e2e mean ms", "e2e p50", "e2e p90", "e2e FPS", "peer/ours"]
+    rows = []
+    for r in results:
+        for key in ("ours", "peer"):
+            m = r.get(key)
+            if not m or "error" in m:
+                continue
+            f, e = m["forward"], m.get("e2e")
+            ratio = "-"
+            if key == "peer" and "error" not in r["ours"]:
+                ratio = f"{f['mean_s'] / r['ours']['forward']['mean_s']:.2f}x"
+            rows.append(
+                [
+                    r["image_size"],
+                    r["batch_size"],
+                    r["num_queries"] or "cfg",
+                    r["dtype"],
+                    "ours" if key == "ours" else m["impl"],
+                    f"{f['warmup']}+{f['iters']}",
+                    ms(f["mean_s"]),
+                    ms(f["p50_s"]),
+                    ms(f["p90_s"]),
+                    f"{r['batch_size'] / f['mean_s']:.2f}",
+                    f"{f['cpu_s']:.2f}",
+                    f"{max(f['peak_mib'], e['peak_mib'] if e else 0):.0f}",
+                    ms(e["mean_s"]) if e else "-",
+                    ms(e["p50_s"]) if e else "-",
+                    ms(e["p90_s"]) if e else "-",
+                    f"{r['batch_size'] / e['mean_s']:.2f}" if e else "-",
+                    ratio,
+                ]
+            )
+    peak = "cuda.max_memory_allocated" if args.device.startswith("cuda") else "RSS high-water"
+    print(f"device {args.device}, {args.threads} threads; peak memory = {peak}")
+    print_table(header, rows)
