@@ -17,13 +17,6 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd import Function
-from torch.autograd.function import once_differentiable
-
-try:  # detectron2 > 0.6
-    from detectron2.layers.wrappers import disable_torch_compiler
-except ImportError:  # pragma: no cover - depends on the installed detectron2
-    disable_torch_compiler = getattr(torch.compiler, "disable", lambda fn: fn)
 
 __all__ = [
     "describe_msda_impl",
@@ -114,6 +107,9 @@ def _ext_unavailable_reason() -> str:
     return _ext_import_error or "deta._C could not be loaded"
 
 
+# torch.compile evaluates the choice once while tracing and bakes it into the graph (it depends
+# on the build and the settings, not on tensor values).
+@torch.compiler.assume_constant_result
 def _select_impl(is_cuda: bool, impl: Optional[str]) -> str:
     """Resolve a requested implementation to "pytorch" or "ext" for a tensor's device."""
     impl = get_msda_impl() if impl is None else _check_impl(impl, "impl")
@@ -228,6 +224,9 @@ def _check_inputs(
     ):
         if t.device != value.device:
             raise ValueError(f"{name} is on {t.device} but value is on {value.device}")
+    if torch.compiler.is_compiling():
+        # The level bookkeeping is data (tensor values): checking it would break the graph.
+        return []
     return _check_levels(spatial_shapes, level_start_index, value.shape[1])
 
 
@@ -272,34 +271,87 @@ def ms_deform_attn_pytorch(
     return out.transpose(1, 2).contiguous()
 
 
-class _MSDeformAttnFunction(Function):
-    """Autograd wrapper of the compiled kernels (CPU or CUDA, chosen by ``deta._C``)."""
-
-    @staticmethod
-    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attn, step):
-        ctx.im2col_step = step
-        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attn)
-        return _load_ext().ms_deform_attn_forward(
-            value, spatial_shapes, level_start_index, sampling_locations, attn, step
-        )
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        value, spatial_shapes, level_start_index, sampling_locations, attn = ctx.saved_tensors
-        grad_value, grad_loc, grad_attn = _load_ext().ms_deform_attn_backward(
-            value,
-            spatial_shapes,
-            level_start_index,
-            sampling_locations,
-            attn,
-            grad_output.contiguous(),
-            ctx.im2col_step,
-        )
-        return grad_value, None, None, grad_loc, grad_attn, None
+# The compiled kernels as PyTorch custom ops (``torch.ops.deta.*``), with fake (meta)
+# implementations for shape propagation and a registered derivative: torch.compile and
+# torch.export then see the op as one node, without graph breaks.
+@torch.library.custom_op("deta::ms_deform_attn_forward", mutates_args=())
+def _forward_op(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    im2col_step: int,
+) -> torch.Tensor:
+    return _load_ext().ms_deform_attn_forward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+    )
 
 
-@disable_torch_compiler
+@_forward_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, step):
+    n, _, m, d = value.shape
+    return value.new_empty((n, sampling_locations.shape[1], m * d))
+
+
+@torch.library.custom_op("deta::ms_deform_attn_backward", mutates_args=())
+def _backward_op(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    grad_output: torch.Tensor,
+    im2col_step: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_value, grad_loc, grad_attn = _load_ext().ms_deform_attn_backward(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        grad_output,
+        im2col_step,
+    )
+    return grad_value, grad_loc, grad_attn
+
+
+@_backward_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad, step):
+    return (
+        torch.empty_like(value),
+        torch.empty_like(sampling_locations),
+        torch.empty_like(attention_weights),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, step = inputs
+    ctx.im2col_step = step
+    ctx.save_for_backward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+
+
+def _backward(ctx, grad_output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+        ctx.saved_tensors
+    )
+    grad_value, grad_loc, grad_attn = _backward_op(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        grad_output.contiguous(),
+        ctx.im2col_step,
+    )
+    return grad_value, None, None, grad_loc, grad_attn, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def _ms_deform_attn_ext(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -312,7 +364,7 @@ def _ms_deform_attn_ext(
     # the output is cast back to value's dtype. The casts are differentiable.
     dtype = value.dtype
     compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    out = _MSDeformAttnFunction.apply(
+    out = _forward_op(
         value.to(compute).contiguous(),
         spatial_shapes.contiguous(),
         level_start_index.contiguous(),
