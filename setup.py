@@ -11,6 +11,7 @@ runs it.
 import glob
 import os
 import re
+import shutil
 from os import path
 
 import torch
@@ -30,6 +31,19 @@ def want_cuda() -> bool:
     if os.getenv("FORCE_CUDA", "0") == "1":
         return True
     return torch.cuda.is_available() and CUDA_HOME is not None
+
+
+def copy_configs() -> None:
+    """Copy ``configs/`` into the package (``deta/model_zoo/configs``), as package data.
+
+    A wheel or non-editable install then has them; a source checkout reads ``configs/`` itself.
+    """
+    src = path.join(HERE, "configs")
+    if not path.isdir(src):  # building from an sdist: the copy is already in the package
+        return
+    dst = path.join(HERE, "deta", "model_zoo", "configs")
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pyc", "__pycache__"))
 
 
 def get_extensions():
@@ -67,6 +81,7 @@ def get_extensions():
     ]
 
 
+copy_configs()
 setup(
     name="deta",
     version=get_version(),
@@ -74,6 +89,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(exclude=("configs", "tests*", "tools", "dev")),
+    package_data={"deta.model_zoo": ["configs/*.yaml", "configs/*/*.yaml"]},
     install_requires=["scipy", "pycocotools", "timm", "matplotlib"],
     extras_require={"dev": ["pytest==8.3.4", "ruff==0.8.4"]},
     ext_modules=get_extensions(),
