@@ -6,7 +6,8 @@ size, which timm's classification ``SwinTransformer`` does not: the patch embedd
 zero-pads the image to a multiple of the patch size, each block pads its normalised tokens to a
 multiple of the window *before* the cyclic shift, and the shifted-window mask is built for that
 padded size on every forward. Module names equal the official ones after stripping
-``backbone.0.body.``, so a converted checkpoint maps by prefix only (``deta/checkpoint.py``).
+``backbone.0.body.``, so a converted checkpoint maps by prefix only
+(``deta/checkpoint/official.py``).
 
 Not implemented because DETA never uses them: absolute position embedding (``ape=False``),
 dropout / attention dropout (both 0), ``qk_scale`` (None) and frozen stages (-1).
