@@ -12,12 +12,12 @@ import unittest
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import deta  # noqa: F401  registers DETA
-from deta import add_deta_config
 from deta.checkpoint import convert_official_state_dict
+
+from .config import load
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN_DIR = os.getenv("DETA_GOLDEN_DIR", os.path.join(REPO, "..", "shared", "golden"))
@@ -48,11 +48,7 @@ def require_golden(test_case: unittest.TestCase) -> None:
 
 
 def golden_cfg(*extra):
-    cfg = get_cfg()
-    add_deta_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "Base-DETA.yaml"))
-    cfg.merge_from_list(GOLDEN_OPTS + list(extra))
-    return cfg
+    return load(os.path.join(REPO, "configs", "Base-DETA.yaml"), *GOLDEN_OPTS, *extra)
 
 
 @functools.lru_cache(maxsize=None)

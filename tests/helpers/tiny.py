@@ -4,11 +4,11 @@ import os
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
 
 import deta  # noqa: F401  registers DETA
-from deta import add_deta_config
+
+from .config import load
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,11 +27,7 @@ TINY_OPTS = [
 
 
 def tiny_cfg(*extra):
-    cfg = get_cfg()
-    add_deta_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "Base-DETA.yaml"))
-    cfg.merge_from_list(TINY_OPTS + list(extra))
-    return cfg
+    return load(os.path.join(REPO, "configs", "Base-DETA.yaml"), *TINY_OPTS, *extra)
 
 
 def tiny_batch(sizes=((96, 128), (80, 112)), boxes_per_image=(2, 0), num_classes=3, seed=0):
