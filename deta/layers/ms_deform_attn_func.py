@@ -283,7 +283,10 @@ def _forward_op(
     attention_weights: torch.Tensor,
     im2col_step: int,
 ) -> torch.Tensor:
-    return _load_ext().ms_deform_attn_forward(
+    ext = _load_ext()
+    if ext is None:  # only reached from an exported program run where deta._C is missing
+        return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+    return ext.ms_deform_attn_forward(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
     )
 
@@ -405,7 +408,10 @@ def ms_deform_attn(
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if not isinstance(im2col_step, int) or im2col_step <= 0:
         raise ValueError(f"im2col_step must be a positive int, got {im2col_step!r}")
-    if _select_impl(value.is_cuda, impl) == "pytorch":
+    # torch.export keeps the op as one node (the reference reads the level sizes back from
+    # spatial_shapes, which a dynamic image size does not allow); the ONNX exporter then
+    # writes that node in standard ops (deta.export.onnx_ops).
+    if not torch.compiler.is_exporting() and _select_impl(value.is_cuda, impl) == "pytorch":
         return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
     return _ms_deform_attn_ext(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step

@@ -79,9 +79,11 @@ class DeformableEncoder(nn.Module):
         device = valid_ratios.device
         refs = []
         for lvl, (H, W) in enumerate(spatial_shapes):
+            # arange + 0.5 equals the official linspace(0.5, H - 0.5, H) bit for bit, and
+            # keeps H symbolic under torch.export (linspace fixes its step count).
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, H - 0.5, H, dtype=torch.float32, device=device),
-                torch.linspace(0.5, W - 0.5, W, dtype=torch.float32, device=device),
+                torch.arange(H, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(W, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * H)
@@ -89,7 +91,9 @@ class DeformableEncoder(nn.Module):
             refs.append(torch.stack((ref_x, ref_y), -1))
         return torch.cat(refs, 1)[:, :, None] * valid_ratios[:, None]
 
-    def forward(self, src, spatial_shapes, level_start_index, valid_ratios, pos, padding_mask):
+    def forward(
+        self, src, spatial_shapes, level_start_index, valid_ratios, pos, padding_mask, shapes=None
+    ):
         """
         Args:
             src, pos (Tensor): (B, S, C) flattened features and positional encodings.
@@ -97,8 +101,12 @@ class DeformableEncoder(nn.Module):
             level_start_index (Tensor): (L,) int64.
             valid_ratios (Tensor): (B, L, 2).
             padding_mask (Tensor): (B, S) bool, True on padding.
+            shapes (list or None): the same (H, W) as Python (or symbolic) ints. Passing them
+                avoids reading them back from ``spatial_shapes``, which ``torch.export`` cannot
+                do for a dynamic image size.
         """
-        shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+        if shapes is None:
+            shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
         reference_points = self.reference_points(shapes, valid_ratios)
         out = src
         for layer in self.layers:
@@ -313,6 +321,7 @@ class DeformableTransformer(nn.Module):
                 levels["valid_ratios"],
                 levels["pos"],
                 levels["mask"],
+                shapes=levels["shapes"],
             )
         with record_function("deta.proposals"):
             first = self.first_stage(memory, levels["mask"], levels["shapes"])
@@ -360,7 +369,15 @@ class DeformableTransformer(nn.Module):
             for lvl, p in enumerate(pos_embeds)
         ]
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
+        # Built from 0-d tensors rather than torch.as_tensor(shapes): torch.export keeps the
+        # sizes symbolic that way, so an exported model takes any image size.
+        device = src.device
+        spatial_shapes = torch.stack(
+            [
+                torch.stack([torch.full((), d, dtype=torch.long, device=device) for d in hw])
+                for hw in shapes
+            ]
+        )
         return {
             "src": src,
             "pos": torch.cat(pos, 1),

@@ -43,9 +43,10 @@ def encoder_output_proposals(
     start = 0
     for lvl, (H, W) in enumerate(spatial_shapes):
         valid_h, valid_w = valid_sizes_of(padding_mask[:, start : start + H * W].view(B, H, W))
+        # arange is the official linspace(0, H - 1, H) bit for bit, and export-friendly.
         grid_y, grid_x = torch.meshgrid(
-            torch.linspace(0, H - 1, H, dtype=torch.float32, device=memory.device),
-            torch.linspace(0, W - 1, W, dtype=torch.float32, device=memory.device),
+            torch.arange(H, dtype=torch.float32, device=memory.device),
+            torch.arange(W, dtype=torch.float32, device=memory.device),
             indexing="ij",
         )
         grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)
