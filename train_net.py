@@ -12,6 +12,7 @@ Without CUDA, ``--num-gpus N`` starts N CPU worker processes (gloo); set ``MODEL
 See docs/TRAINING.md for multi-node and slurm use.
 """
 
+import sys
 import weakref
 
 from detectron2.config import get_cfg
@@ -22,6 +23,7 @@ from detectron2.utils import comm
 
 import deta  # noqa: F401  registers the DETA meta-architecture and the synthetic datasets
 from deta import DetaDatasetMapper, add_deta_config
+from deta.checkpoint import CheckpointError
 from deta.engine import DetaCheckpointer, add_nonfinite_loss_check, cpu_safe_ddp, launch
 from deta.evaluation import build_coco_evaluator
 from deta.solver import build_deta_optimizer
@@ -116,14 +118,18 @@ def invoke_main() -> None:
     """Parse Detectron2's standard command line and launch ``main`` on every process."""
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except CheckpointError as e:  # one line naming the file, not torch's unsafe-load advice
+        sys.stderr.write(f"error: cannot load weights: {e}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,14 @@
 the atomic writer and weights-only loader both use."""
 
 from .checkpointer import DetaCheckpointer, check_finite_state
-from .io import load_weights_only, save_atomic, write_atomic, write_text_atomic
+from .io import (
+    CheckpointError,
+    describe_load_failure,
+    load_weights_only,
+    save_atomic,
+    write_atomic,
+    write_text_atomic,
+)
 from .official import (
     COCO_CATEGORY_IDS,
     ConversionError,
@@ -15,6 +22,7 @@ from .official import (
 
 __all__ = [
     "COCO_CATEGORY_IDS",
+    "CheckpointError",
     "ConversionError",
     "DetaCheckpointer",
     "check_against_model",
@@ -22,6 +30,7 @@ __all__ = [
     "convert_official_state_dict",
     "convert_swin_classification",
     "convert_torchvision_resnet",
+    "describe_load_failure",
     "load_official_checkpoint",
     "load_weights_only",
     "save_atomic",
