@@ -33,7 +33,6 @@ from typing import Dict, List
 import numpy as np
 import torch
 from plot_metrics import plot_metrics  # tools/ is on sys.path when this file runs as a script
-from visualize_predictions import draw_prediction_grid
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
@@ -47,6 +46,7 @@ from deta import DetaDatasetMapper, add_deta_config
 from deta.data import generate_synthetic_coco, register_deta_synthetic
 from deta.engine import DetaCheckpointer
 from deta.evaluation import build_coco_evaluator
+from deta.utils.visualization import draw_prediction_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "deta_R_18_synthetic_cpu.yaml")
