@@ -91,7 +91,11 @@ setup(
     packages=find_packages(exclude=("configs", "tests*", "tools", "dev")),
     package_data={"deta.model_zoo": ["configs/*.yaml", "configs/*/*.yaml"]},
     install_requires=["scipy", "pycocotools", "timm", "matplotlib"],
-    extras_require={"dev": ["pytest==8.3.4", "ruff==0.8.4"]},
+    extras_require={
+        "dev": ["pytest==8.3.4", "ruff==0.8.4"],
+        # tools/deploy: ONNX export (onnxscript) and ONNX Runtime; never imported by `import deta`.
+        "export": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
+    },
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension},
 )
