@@ -10,6 +10,7 @@ import contextlib
 import functools
 import importlib.util
 import io
+import json
 import os
 import subprocess
 import sys
@@ -220,6 +221,32 @@ class TestOnnx(unittest.TestCase):
         dims = proto.graph.input[0].type.tensor_type.shape.dim
         self.assertEqual(dims[0].dim_value, 3)
         self.assertTrue(dims[1].dim_param and dims[2].dim_param)  # symbolic H and W
+
+    def test_benchmark_peer(self):
+        """``tools/benchmark.py inference --peer onnxruntime`` times an export side by side.
+
+        It reuses this file's export (``--onnx-model``): what is checked is the tool's
+        mechanics (the requested iterations, the end-to-end comparison), not a speed.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "result.json")
+            cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "inference",
+                   "--json", out, "--config-file",
+                   os.path.join(REPO, "configs", "quick_schedules", "deta_instant_test.yaml"),
+                   "--threads", "1", "--image-sizes", "%dx%d" % OTHER_SIZES[1],
+                   "--batch-sizes", "1", "--warmup", "0", "--iters", "2",
+                   "--peer", "onnxruntime", "--onnx-model", self.path]  # fmt: skip
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+            self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+            with open(out) as f:
+                row = json.load(f)["results"][0]
+        peer = row["peer"]
+        self.assertNotIn("error", peer, peer.get("error"))
+        self.assertIn("onnxruntime", peer["impl"])
+        self.assertEqual((peer["forward"]["iters"], peer["forward"]["warmup"]), (2, 0))
+        self.assertGreater(peer["detections"], 0)
+        self.assertIn("e2e", row["ours"])
+        self.assertRegex(proc.stdout, r"onnxruntime .* \d+\.\d\dx")
 
     def test_ort_matches_pytorch_at_other_sizes(self):
         for h, w in OTHER_SIZES:

@@ -16,6 +16,7 @@ from tools.benchmarking.harness import DTYPES, REPO, load_average, machine_info,
 from tools.benchmarking.inference import inference_worker, mode_inference
 from tools.benchmarking.op import mode_op
 from tools.benchmarking.peer_hf import peer_worker
+from tools.benchmarking.peer_ort import peer_ort_worker
 from tools.benchmarking.train import mode_train, train_worker
 
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "deta_R_50_5scale_12ep.yaml")
@@ -30,7 +31,12 @@ MODES = {
     "breakdown": mode_breakdown,
 }
 # What `tools/benchmark.py _worker NAME JSON` runs (harness.run_worker starts these).
-WORKERS = {"inference": inference_worker, "peer": peer_worker, "train": train_worker}
+WORKERS = {
+    "inference": inference_worker,
+    "peer": peer_worker,
+    "peer_ort": peer_ort_worker,
+    "train": train_worker,
+}
 
 
 def add_common(p, iters: int, warmup: int, dtypes: bool = False) -> None:
@@ -67,7 +73,13 @@ def parse_args(argv=None):
         "--num-queries", type=int, nargs="+", default=[0], help="MODEL.DETA.NUM_QUERIES; 0: cfg"
     )
     p.add_argument("--skip-e2e", action="store_true", help="forward-only timing")
-    p.add_argument("--peer", choices=["hf"], default=None, help="also time a peer implementation")
+    p.add_argument(
+        "--peer",
+        choices=["hf", "onnxruntime"],
+        default=None,
+        help="also time a peer: HF transformers, or our ONNX export in ONNX Runtime (CPU)",
+    )
+    p.add_argument("--onnx-model", default=None, help="--peer onnxruntime: reuse this export")
     p.add_argument("--peer-path", default=DEFAULT_PEER_PATH, help="folder holding transformers")
     p.add_argument("--peer-iters", type=int, default=None, help="default: --iters")
     p.add_argument("--peer-warmup", type=int, default=None, help="default: --warmup")
