@@ -146,6 +146,20 @@ class TestBenchmarkTool(unittest.TestCase):
         d = assign_cfg(parse_args(argv[:3])).MODEL.DETA
         self.assertEqual((d.NUM_QUERIES, d.NUM_CLASSES), (TINY_QUERIES, TINY_CLASSES))
 
+    def test_trailing_overrides_and_deprecated_opts(self):
+        pair = ["MODEL.DETA.NUM_CLASSES", "3"]
+        trailing = parse_args(["assign", "--config", TINY, *pair, "MODEL.DETA.NUM_QUERIES", "40"])
+        self.assertEqual(trailing.config_file, TINY)
+        self.assertEqual(trailing.opts, [*pair, "MODEL.DETA.NUM_QUERIES", "40"])
+        d = assign_cfg(trailing).MODEL.DETA
+        self.assertEqual((d.NUM_QUERIES, d.NUM_CLASSES), (40, 3))
+        # --opts still works, alone or after trailing pairs, and means the same.
+        legacy = parse_args(["assign", "--config-file", TINY, "--opts", *pair])
+        self.assertEqual(legacy.opts, pair)
+        both = parse_args(["assign", *pair, "--opts", "MODEL.DETA.NUM_QUERIES", "40"])
+        self.assertEqual(both.opts, trailing.opts)
+        self.assertFalse(hasattr(both, "legacy_opts"))
+
     def test_op_mode_passes_its_flags(self):
         argv = ["op", "--threads", "1", "--iters", "3", "--warmup", "1", "--no-memory"]
         with mock.patch.object(msda, "run_benchmark", side_effect=lambda options: options):

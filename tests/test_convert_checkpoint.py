@@ -20,6 +20,7 @@ from deta.checkpoint import (
     convert_torchvision_resnet,
     load_official_checkpoint,
 )
+from deta.utils.cli import CliError
 from tools import convert_official_checkpoint as tool
 
 from .helpers.config import REPO, load
@@ -144,6 +145,25 @@ class TestConverterErrors(unittest.TestCase):
             tool.convert(tool.parse_args(["--source", path, "--output", self.out]))
         self.assertIn("transformer.level_embed", str(ctx.exception))
         self.assertEqual(self._run(path), 1)
+        self.assertFalse(os.path.exists(self.out))
+
+    def test_config_file_alias_and_trailing_overrides(self):
+        base = ["--source", "a.pth", "--output", self.out]
+        for flag in ("--config-file", "--config"):
+            args = tool.parse_args([*base, flag, "x.yaml", "MODEL.DETA.NUM_QUERIES", "300"])
+            self.assertEqual(args.config_file, "x.yaml")
+            self.assertEqual(args.opts, ["MODEL.DETA.NUM_QUERIES", "300"])
+        self.assertIsNone(tool.parse_args(base).config_file)
+
+    def test_bad_override_is_named_before_writing(self):
+        model = build_model(
+            load(_config("deta_R_50_5scale_12ep.yaml"), "MODEL.DETA.NUM_CLASSES", 91)
+        )
+        path = os.path.join(self.tmp.name, "official.pth")
+        torch.save({"model": to_official_layout(model.state_dict())}, path)
+        with self.assertRaises(CliError) as ctx:
+            self._run(path, "MODEL.DETA.NO_SUCH_KEY", "1")
+        self.assertIn("NO_SUCH_KEY", str(ctx.exception))
         self.assertFalse(os.path.exists(self.out))
 
     def test_torchvision_backbone(self):

@@ -11,7 +11,8 @@ official code):
 - ``stage2``: IoU assignment for the decoder only (and NMS).
 
 Each run is evaluated every ``--eval-period`` iterations; the tool writes ``table.md``,
-``results.json`` and ``ap_vs_iteration.png`` to ``--output-dir``::
+``results.json`` and ``ap_vs_iteration.png`` to the ``--output`` folder (default
+``output/compare_assignment``)::
 
     python tools/compare_assignment.py                          # the CPU miniature (synthetic data)
     python tools/compare_assignment.py --config-file configs/deta_R_50_5scale_12ep.yaml \\
@@ -32,9 +33,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from run_demo import DEMO_DATA  # noqa: E402  tools/ is on sys.path when run as a script
 
-from deta.data import generate_synthetic_coco  # noqa: E402
+from deta.data import DEMO_DATA, generate_synthetic_coco  # noqa: E402
+from deta.utils.cli import default_output  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
@@ -57,14 +58,16 @@ def parse_args(argv=None):
     p.add_argument("--eval-period", type=int, default=150)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--num-gpus", type=int, default=1)
-    p.add_argument("--output-dir", default=os.path.join(REPO, "output", "compare_assignment"))
+    p.add_argument("--output", default=None, help="folder (default: output/compare_assignment)")
+    # The old spelling, hidden: existing commands keep working.
+    p.add_argument("--output-dir", dest="output", help=argparse.SUPPRESS)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     return p.parse_args(argv)
 
 
 def train_variant(args, name: str, env: Dict[str, str]) -> str:
     first, second, _ = VARIANTS[name]
-    out = os.path.join(args.output_dir, name)
+    out = os.path.join(args.output, name)
     cmd = [
         sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", args.config_file,
         "--resume", "--num-gpus", str(args.num_gpus),
@@ -129,11 +132,11 @@ def write_report(curves: Dict[str, List[Dict]], out_dir: str, seconds: Dict[str,
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    args.output_dir = os.path.abspath(args.output_dir)
-    os.makedirs(args.output_dir, exist_ok=True)
+    args.output = os.path.abspath(default_output("compare_assignment", args.output))
+    os.makedirs(args.output, exist_ok=True)
     env = dict(os.environ)
     if "synthetic" in os.path.basename(args.config_file):
-        datasets = os.path.join(args.output_dir, "datasets")
+        datasets = os.path.join(args.output, "datasets")
         generate_synthetic_coco(os.path.join(datasets, "deta_synthetic"), **DEMO_DATA)
         env["DETECTRON2_DATASETS"] = datasets
     curves, seconds = {}, {}
@@ -142,8 +145,8 @@ def main(argv=None) -> None:
         out = train_variant(args, name, env)
         seconds[name] = time.perf_counter() - start
         curves[name] = read_ap_curve(out, args.max_iter)
-    print(write_report(curves, args.output_dir, seconds))
-    print(f"wrote {args.output_dir}/table.md, results.json, ap_vs_iteration.png")
+    print(write_report(curves, args.output, seconds))
+    print(f"wrote {args.output}/table.md, results.json, ap_vs_iteration.png")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 """Convert an official DETA checkpoint (jozhang97/DETA ``.pth``) for this project.
 
     python tools/convert_official_checkpoint.py --source adet_checkpoint0011.pth \\
-        --output deta_R_50_5scale_12ep.pth [--config configs/deta_R_50_5scale_12ep.yaml]
+        --output deta_R_50_5scale_12ep.pth [--config-file configs/deta_R_50_5scale_12ep.yaml] \\
+        [KEY VALUE ...]
 
 The result loads with ``DetectionCheckpointer`` (``MODEL.WEIGHTS deta.pth``) with zero missing and
-zero unexpected keys: the conversion is checked against the model built from ``--config`` before
-anything is written, and the file is written atomically (temporary file, then rename).
+zero unexpected keys: the conversion is checked against the model built from ``--config-file``
+(``--config`` is an alias) and the trailing ``KEY VALUE`` overrides before anything is written,
+and the file is written atomically (temporary file, then rename).
 
 Class heads: a 91-way COCO head (raw category ids) is sliced to Detectron2's 80 contiguous classes
 unless ``--keep-coco-ids``; the first-stage head keeps its objectness logit (index 0). Other sizes
@@ -19,11 +21,9 @@ import sys
 
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import deta  # noqa: F401  registers DETA and its backbones
-from deta import add_deta_config
 from deta.checkpoint import (
     ConversionError,
     check_against_model,
@@ -31,6 +31,7 @@ from deta.checkpoint import (
     load_official_checkpoint,
     save_atomic,
 )
+from deta.utils.cli import add_config_args, build_cfg, run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIGS = {
@@ -44,21 +45,23 @@ def parse_args(argv=None):
     p.add_argument("--source", required=True, help="official checkpoint (.pth)")
     p.add_argument("--output", required=True, help="converted checkpoint to write")
     p.add_argument(
-        "--config",
-        help="config whose model must accept the result "
-        "(default: the 12-epoch R-50 or the Swin-L COCO config, by backbone)",
-    )
-    p.add_argument(
         "--keep-coco-ids",
         action="store_true",
         help="keep 91-way heads indexed by raw COCO ids (sets NUM_CLASSES 91)",
     )
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="extra config overrides KEY VALUE ...")
+    # Not required: the default config depends on the checkpoint's backbone, known only once
+    # the file is read (see convert()).
+    add_config_args(p, required=False)
     return p.parse_args(argv)
 
 
 def num_classes_of(state):
     return state["class_embed.0.weight"].shape[0] if "class_embed.0.weight" in state else None
+
+
+def _strip_separator(opts):
+    # build_cfg drops a leading "--" only at the front of the list it gets.
+    return opts[1:] if opts and opts[0] == "--" else list(opts or [])
 
 
 def convert(args) -> dict:
@@ -69,11 +72,10 @@ def convert(args) -> dict:
     slice_coco = classes == 91 and not args.keep_coco_ids
     state = convert_official_state_dict(official, slice_coco_classes=slice_coco)
     backbone = "swin" if any(k.startswith("backbone.patch_embed") for k in state) else "resnet"
-    cfg = get_cfg()
-    add_deta_config(cfg)
-    cfg.merge_from_file(args.config or DEFAULT_CONFIGS[backbone])
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.DETA.NUM_CLASSES", num_classes_of(state)])
-    cfg.merge_from_list(args.opts or [])
+    config = args.config_file or DEFAULT_CONFIGS[backbone]
+    # The user's overrides come last so they can change the architecture being checked.
+    fixed = ["MODEL.DEVICE", "cpu", "MODEL.DETA.NUM_CLASSES", str(num_classes_of(state))]
+    cfg = build_cfg(config, [*fixed, *_strip_separator(args.opts)])
     model = build_model(cfg)
     check_against_model(state, model)
     epoch = ckpt.get("epoch")
@@ -102,4 +104,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    sys.exit(main())
+    run_main(main)

@@ -3,13 +3,13 @@
 
 Steps (each reused when already done, so a rerun with a finished model only re-evaluates):
 
-1. write the synthetic dataset (``DEMO_DATA`` below) to ``<output-dir>/datasets/deta_synthetic``;
+1. write the synthetic dataset (``deta.data.DEMO_DATA``) to ``<output>/datasets/deta_synthetic``;
 2. train ``configs/deta_R_18_synthetic_cpu.yaml`` with ``train_net.py --resume`` (so an
    interrupted run continues), logging progress and ETA;
 3. evaluate ``model_final.pth`` with ``COCOEvaluator`` on ``deta_synthetic_val``;
 4. draw predictions on val images and the training curves.
 
-Outputs (default ``--output-dir output/demo``)::
+Outputs (``--output``, default ``output/demo``)::
 
     model/                  train_net.py output: model_final.pth, metrics.json, log.txt, config
     eval/                   coco_instances_results.json of step 3
@@ -32,7 +32,6 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from plot_metrics import plot_metrics  # tools/ is on sys.path when this file runs as a script
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
@@ -43,32 +42,17 @@ from detectron2.utils.logger import setup_logger
 
 import deta  # noqa: F401  registers DETA and the synthetic datasets
 from deta import DetaDatasetMapper, add_deta_config
-from deta.data import generate_synthetic_coco, register_deta_synthetic
+from deta.data import DEMO_DATA, generate_synthetic_coco, register_deta_synthetic
 from deta.engine import DetaCheckpointer
 from deta.evaluation import build_coco_evaluator
+from deta.utils.cli import default_output
+from deta.utils.plot_metrics import plot_metrics
 from deta.utils.visualization import draw_prediction_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "deta_R_18_synthetic_cpu.yaml")
 VAL = "deta_synthetic_val"
 AP_GOAL = 30.0
-# Few, fairly large objects on small images: learnable from scratch in minutes on two cores,
-# while keeping 6 classes, sizes from 20 px to 60% of the short side, occlusion (every object
-# keeps >= 50% visible), textured backgrounds and 5% empty images.
-DEMO_DATA = dict(
-    num_train=2000,
-    num_val=100,
-    seed=0,
-    min_long_side=144,
-    max_long_side=192,
-    min_aspect=0.75,
-    min_objects=1,
-    max_objects=4,
-    empty_fraction=0.05,
-    min_object_size=20.0,
-    max_object_frac=0.6,
-    min_visible=0.5,
-)
 
 
 def _train(model_dir: str, datasets_dir: str, opts: List[str]) -> None:
@@ -148,14 +132,16 @@ def _evaluate(cfg, model, eval_dir: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "output", "demo"))
+    parser.add_argument("--output", default=None, help="folder (default: output/demo)")
+    # The old spelling, hidden: existing commands keep working.
+    parser.add_argument("--output-dir", dest="output", help=argparse.SUPPRESS)
     parser.add_argument("--retrain", action="store_true", help="discard the model, train again")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
     start = time.perf_counter()
     setup_logger(name="deta")
     setup_logger()  # detectron2's logger: evaluation progress and the AP table
-    out = os.path.abspath(args.output_dir)
+    out = os.path.abspath(default_output("demo", args.output))
     datasets_dir, model_dir = os.path.join(out, "datasets"), os.path.join(out, "model")
 
     data = generate_synthetic_coco(os.path.join(datasets_dir, "deta_synthetic"), **DEMO_DATA)

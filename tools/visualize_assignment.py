@@ -8,8 +8,10 @@ ground truth); a third panel shows stage 1, the encoder anchors assigned to each
 Ground truths are thick boxes; the queries assigned to them are thin boxes of the same colour,
 linked to their ground truth's centre; unassigned queries are not drawn.
 
-    python tools/visualize_assignment.py --output output/assignment.png \\
-        MODEL.WEIGHTS output/demo/model/model_final.pth
+    python tools/visualize_assignment.py MODEL.WEIGHTS output/demo/model/model_final.pth
+
+``--output`` is a folder (default ``output/visualize_assignment``) that gets ``assignment.png``;
+a name ending in ``.png`` is the picture's file name itself (``--output docs/assignment.png``).
 
 Without trained weights the queries still come from the (random) first stage, which makes the
 one-to-one vs many-to-one contrast visible but not the learned proposals.
@@ -24,7 +26,6 @@ matplotlib.use("Agg")
 import matplotlib.patches as patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from run_demo import CONFIG, DEMO_DATA  # noqa: E402  tools/ is on sys.path when run as a script
 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
@@ -33,10 +34,12 @@ from detectron2.structures import BoxMode  # noqa: E402
 
 import deta  # noqa: E402, F401
 from deta import DetaDatasetMapper, add_deta_config  # noqa: E402
-from deta.data import generate_synthetic_coco, register_deta_synthetic  # noqa: E402
+from deta.data import DEMO_DATA, generate_synthetic_coco, register_deta_synthetic  # noqa: E402
 from deta.engine import DetaCheckpointer  # noqa: E402
+from deta.utils.cli import default_output  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "deta_R_18_synthetic_cpu.yaml")
 COLORS = plt.get_cmap("tab10").colors
 
 
@@ -82,14 +85,26 @@ def _draw(ax, image, gt_xyxy, query_boxes, indices, size, title):
     ax.axis("off")
 
 
+def _picture_path(output):
+    # A .png name is the file itself, so commands that named the picture keep working.
+    if output and output.lower().endswith(".png"):
+        return output
+    return os.path.join(default_output("visualize_assignment", output), "assignment.png")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", default=CONFIG)
-    p.add_argument("--output", default=os.path.join(REPO, "output", "assignment.png"))
+    p.add_argument(
+        "--output",
+        default=None,
+        help="folder for assignment.png, or a .png file (default: output/visualize_assignment)",
+    )
     p.add_argument("--image-index", type=int, default=3, help="index into deta_synthetic_val")
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    root = os.path.join(REPO, "output", "demo", "datasets", "deta_synthetic")
+    # The dataset tools/run_demo.py writes (reused when it is already there).
+    root = os.path.join(default_output("demo"), "datasets", "deta_synthetic")
     register_deta_synthetic(generate_synthetic_coco(root, **DEMO_DATA)["root"])
     cfg = get_cfg()
     add_deta_config(cfg)
@@ -154,9 +169,10 @@ def main(argv=None) -> None:
             "DETA stage 1, IoU >= 0.7 or best\n(encoder anchors)",
         )
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    fig.savefig(args.output, dpi=110)
-    print(f"wrote {args.output}")
+    path = _picture_path(args.output)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ Importing this package registers ``deta_synthetic_train`` / ``deta_synthetic_val
 
 from .dataset_mapper import DetaDatasetMapper, build_deta_augmentations
 from .datasets import SYNTHETIC_DATASET_NAMES, register_deta_synthetic, synthetic_root
-from .synthetic import SYNTHETIC_CATEGORIES, generate_synthetic_coco
+from .synthetic import DEMO_DATA, SYNTHETIC_CATEGORIES, generate_synthetic_coco
 from .transforms import DetrResize, RandomSelect, RandomSizeCrop, detr_resize_shape
 
 register_deta_synthetic()
 
 __all__ = [
+    "DEMO_DATA",
     "DetaDatasetMapper",
     "DetrResize",
     "RandomSelect",

@@ -9,6 +9,7 @@ import sys
 import torch
 
 import tools.benchmarking as package
+from deta.utils.cli import add_config_args
 from tools.benchmarking.ap import mode_ap
 from tools.benchmarking.assign import mode_assign
 from tools.benchmarking.breakdown import mode_breakdown
@@ -40,7 +41,8 @@ WORKERS = {
 
 
 def add_common(p, iters: int, warmup: int, dtypes: bool = False) -> None:
-    p.add_argument("--config-file", default=DEFAULT_CONFIG)
+    # --config-file (alias --config) and trailing KEY VALUE overrides, as in the other tools.
+    add_config_args(p, default=DEFAULT_CONFIG)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     if dtypes:
@@ -55,7 +57,29 @@ def add_common(p, iters: int, warmup: int, dtypes: bool = False) -> None:
     p.add_argument("--weights", default=None, help="checkpoint; default random weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results to this file")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config KEY VALUE pairs")
+    # The old spelling of the overrides, kept so recorded commands (BENCHMARKS.md) still run.
+    p.add_argument(
+        "--opts",
+        dest="legacy_opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help="deprecated: the same as the trailing KEY VALUE overrides",
+    )
+
+
+def _merge_opts(args):
+    """One ``args.opts`` from the trailing overrides and the deprecated ``--opts``."""
+    opts = list(args.opts)
+    if opts[:1] == ["--"]:
+        opts = opts[1:]
+    # The trailing positional takes every later argument, so `A 1 --opts B 2` lands here whole.
+    if "--opts" in opts:
+        i = opts.index("--opts")
+        opts = opts[:i] + opts[i + 1 :]
+    args.opts = opts + list(args.legacy_opts)
+    del args.legacy_opts
+    return args
 
 
 def parse_args(argv=None):
@@ -119,7 +143,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--dataset-root", default=os.path.join(REPO, "output", "demo", "datasets", "deta_synthetic")
     )
-    return parser.parse_args(argv)
+    return _merge_opts(parser.parse_args(argv))
 
 
 def main() -> None:
