@@ -7,6 +7,9 @@ Examples::
     python train_net.py --config-file configs/deta_R_50_5scale_12ep.yaml --eval-only \\
         MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file configs/deta_R_18_synthetic_cpu.yaml --num-gpus 2  # CPU
+    python train_net.py --config-file configs/deta_R_50_5scale_12ep.yaml \\
+        --register my_train data/train.json data/train --register my_val data/val.json data/val \\
+        DATASETS.TRAIN "('my_train',)" DATASETS.TEST "('my_val',)" MODEL.DETA.NUM_CLASSES -1
 
 Without CUDA, ``--num-gpus N`` starts N CPU worker processes (gloo); set ``MODEL.DEVICE cpu``.
 See docs/TRAINING.md for multi-node and slurm use.
@@ -24,6 +27,7 @@ from detectron2.utils import comm
 import deta  # noqa: F401  registers the DETA meta-architecture and the synthetic datasets
 from deta import DetaDatasetMapper, add_deta_config
 from deta.checkpoint import CheckpointError
+from deta.data.datasets import DatasetConfigError, register_from_config, resolve_num_classes
 from deta.engine import DetaCheckpointer, add_nonfinite_loss_check, cpu_safe_ddp, launch
 from deta.evaluation import build_coco_evaluator
 from deta.solver import build_deta_optimizer
@@ -87,11 +91,20 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    """Config from ``--config-file`` and the trailing overrides, then Detectron2's setup."""
+    """Config from ``--config-file``, the trailing overrides and ``--register``, the datasets
+    registered and ``MODEL.DETA.NUM_CLASSES`` resolved, then Detectron2's setup."""
     cfg = get_cfg()
     add_deta_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    # Into the config, not only the catalog: every launched worker runs setup itself, and the
+    # config.yaml written to OUTPUT_DIR then reproduces the run.
+    extra = [list(t) for t in getattr(args, "register", None) or []]
+    cfg.DATASETS.COCO_REGISTER = [*cfg.DATASETS.COCO_REGISTER, *extra]
+    register_from_config(cfg)
+    # A wrong class count is caught here rather than as a crash or a silent waste of heads later;
+    # evaluation of a given checkpoint only needs -1 resolved.
+    resolve_num_classes(cfg, check=not getattr(args, "eval_only", False))
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -114,9 +127,23 @@ def main(args):
     return trainer.train()
 
 
+def argument_parser():
+    """Detectron2's standard command line plus ``--register NAME JSON IMAGE_ROOT``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--register",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset (repeatable; appended to DATASETS.COCO_REGISTER)",
+    )
+    return parser
+
+
 def invoke_main() -> None:
-    """Parse Detectron2's standard command line and launch ``main`` on every process."""
-    args = default_argument_parser().parse_args()
+    """Parse the command line and launch ``main`` on every process."""
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     try:
         launch(
@@ -129,6 +156,9 @@ def invoke_main() -> None:
         )
     except CheckpointError as e:  # one line naming the file, not torch's unsafe-load advice
         sys.stderr.write(f"error: cannot load weights: {e}\n")
+        sys.exit(2)
+    except DatasetConfigError as e:  # names the key and value: a traceback adds nothing
+        sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
 
 

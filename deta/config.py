@@ -12,14 +12,17 @@ from detectron2.utils.logger import log_first_n
 
 from .layers.ms_deform_attn_func import MSDA_IMPLS
 
-__all__ = ["add_deta_config", "check_deta_config"]
+__all__ = ["NUM_CLASSES_FROM_DATA", "add_deta_config", "check_deta_config"]
+
+# MODEL.DETA.NUM_CLASSES value meaning "the number of thing_classes of DATASETS.TRAIN".
+NUM_CLASSES_FROM_DATA = -1
 
 
 def add_deta_config(cfg: CN) -> None:
     """Add the ``MODEL.DETA``, ``MODEL.SWIN`` and DETA solver/input keys to ``cfg`` in place."""
     cfg.MODEL.DETA = CN()
     d = cfg.MODEL.DETA
-    d.NUM_CLASSES = 80  # contiguous Detectron2 ids [official: 91 raw COCO ids]
+    d.NUM_CLASSES = 80  # contiguous Detectron2 ids [official: 91 raw COCO ids]; -1: from the data
     d.IN_FEATURES = ["res3", "res4", "res5"]  # backbone levels fed to input_proj
     d.NUM_FEATURE_LEVELS = 5  # [--num_feature_levels]; extra levels are stride-2 3x3 convs
     d.HIDDEN_DIM = 256  # [--hidden_dim]
@@ -101,6 +104,10 @@ def add_deta_config(cfg: CN) -> None:
 
     cfg.INPUT.CROP.PRE_RESIZE_SIZES = [400, 500, 600]  # resize before RandomSizeCrop [DETR]
 
+    # [name, json_file, image_root] triples of COCO-format datasets to register (see
+    # deta.data.datasets.register_from_config); a config key, so every launched worker has them.
+    cfg.DATASETS.COCO_REGISTER = []
+
 
 def _require(ok: bool, key: str, value, constraint: str) -> None:
     if not ok:
@@ -110,7 +117,18 @@ def _require(ok: bool, key: str, value, constraint: str) -> None:
 def check_deta_config(cfg) -> None:
     """Raise ``ValueError`` for inconsistent DETA settings before any module is built."""
     d = cfg.MODEL.DETA
-    _require(d.NUM_CLASSES >= 1, "NUM_CLASSES", d.NUM_CLASSES, "must be >= 1")
+    # -1 is a valid config value, but only as a request that train_net.py / build_cfg replace it
+    # with the training set's class count; a model with -1 classes cannot be built.
+    _require(
+        d.NUM_CLASSES != NUM_CLASSES_FROM_DATA,
+        "NUM_CLASSES",
+        d.NUM_CLASSES,
+        "-1 (from the training set) must be resolved before the model is built: set "
+        "DATASETS.TRAIN to a registered dataset and build the config with train_net.py or "
+        "deta.utils.cli.build_cfg (or call deta.data.datasets.resolve_num_classes), or set a "
+        "positive value",
+    )
+    _require(d.NUM_CLASSES >= 1, "NUM_CLASSES", d.NUM_CLASSES, "must be >= 1, or -1 (from data)")
     _require(
         d.HIDDEN_DIM % d.NHEADS == 0,
         "HIDDEN_DIM",

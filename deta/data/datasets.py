@@ -5,25 +5,35 @@ Real COCO needs nothing from this module: Detectron2 itself registers ``coco_201
 under ``$DETECTRON2_DATASETS/coco/{train2017,val2017,annotations}`` (default ``./datasets``).
 :func:`use_deta_coco_loader` switches such a dataset to :func:`load_deta_coco_json`, which checks
 the json first and keeps the annotation ids that Detectron2's loader drops, so that the mapper's
-errors can name them. Use :func:`register_deta_coco_instances` for your own COCO-format data.
+errors can name them. Use :func:`register_deta_coco_instances` for your own COCO-format data,
+or, without Python, the config key ``DATASETS.COCO_REGISTER`` (``train_net.py --register``),
+which :func:`register_from_config` applies; :func:`resolve_num_classes` turns
+``MODEL.DETA.NUM_CLASSES -1`` into the training set's number of categories.
 """
 
+import json
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..config import NUM_CLASSES_FROM_DATA
 from .annotations import DatasetError
 from .dataset_check import PROBLEM_KINDS, Problem, check_coco_json
 from .synthetic import SYNTHETIC_CATEGORIES
 
 __all__ = [
+    "COCO_REGISTER_KEY",
+    "DatasetConfigError",
     "SYNTHETIC_DATASET_NAMES",
+    "dataset_num_classes",
     "load_deta_coco_json",
     "register_deta_coco_instances",
     "register_deta_synthetic",
+    "register_from_config",
+    "resolve_num_classes",
     "synthetic_root",
     "use_deta_coco_loader",
 ]
@@ -143,3 +153,201 @@ def use_deta_coco_loader(name: str) -> None:
         raise ValueError(f"dataset {name!r} has no json_file/image_root metadata: not COCO-json")
     DatasetCatalog.remove(name)
     DatasetCatalog.register(name, lambda: load_deta_coco_json(json_file, image_root, name))
+
+
+COCO_REGISTER_KEY = "DATASETS.COCO_REGISTER"
+_NUM_CLASSES_KEY = "MODEL.DETA.NUM_CLASSES"
+
+
+class DatasetConfigError(ValueError):
+    """A dataset setting of the config that cannot work; the message names the key and value."""
+
+
+def _coco_register_triples(entries: Any, require_files: bool = True) -> List[Tuple[str, str, str]]:
+    """The checked triples of ``DATASETS.COCO_REGISTER``; every file is checked before any
+    registration, so that a bad entry leaves the catalog as it was. Without ``require_files`` a
+    missing file is only a warning (the loader names it if the dataset is used)."""
+    key = COCO_REGISTER_KEY
+    if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
+        raise DatasetConfigError(
+            f"{key}={entries!r}: must be a list of [name, json_file, image_root] triples"
+        )
+    if len(entries) == 3 and all(isinstance(e, str) for e in entries):
+        # The usual slip: one triple written without the outer list.
+        raise DatasetConfigError(
+            f"{key}={list(entries)!r}: must be a list of [name, json_file, image_root] triples; "
+            f"write [{list(entries)!r}]"
+        )
+    triples = []
+    for i, entry in enumerate(entries):
+        ok = isinstance(entry, (list, tuple)) and len(entry) == 3
+        if not (ok and all(isinstance(v, str) and v for v in entry)):
+            raise DatasetConfigError(
+                f"{key}[{i}]={entry!r}: must be [name, json_file, image_root] (3 non-empty strings)"
+            )
+        name, json_file, image_root = entry
+        problem = None
+        if not os.path.isfile(json_file):
+            problem = f"{key}[{i}] (dataset {name!r}): json_file {json_file!r} does not exist"
+        elif not os.path.isdir(image_root):
+            problem = f"{key}[{i}] (dataset {name!r}): image_root {image_root!r} is not a folder"
+        if problem and require_files:
+            raise DatasetConfigError(problem)
+        if problem:
+            logger.warning(f"{problem}; registered anyway, it fails if used")
+        triples.append((name, json_file, image_root))
+    return triples
+
+
+def register_from_config(cfg, require_files: bool = True) -> List[str]:
+    """Register every ``[name, json_file, image_root]`` of ``cfg.DATASETS.COCO_REGISTER`` with
+    :func:`register_deta_coco_instances` (paths only: the json is read, and checked, on first use).
+
+    Every process that builds the config calls this, so repeating it is cheap: a name already
+    registered with the same json and image root is left alone; one registered earlier by this
+    function with other paths is re-registered (later entries win, so ``--register`` overrides
+    the yaml). A name registered by anything else (a Detectron2 builtin such as
+    ``coco_2017_train``, the synthetic sets, a Python ``register_*`` call) is refused rather than
+    silently replaced.
+
+    Returns:
+        list[str]: the names of the entries, in order.
+
+    Raises:
+        DatasetConfigError: an entry is malformed, a file or folder is missing, or a name is taken;
+            the message names the key, the entry and the value.
+    """
+    entries = cfg.DATASETS.get("COCO_REGISTER", [])  # absent from a cfg without add_deta_config
+    triples = _coco_register_triples(entries, require_files)
+    for i, (name, json_file, image_root) in enumerate(triples):
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+                continue
+            if meta.get("registered_by") != COCO_REGISTER_KEY:
+                raise DatasetConfigError(
+                    f"{COCO_REGISTER_KEY}[{i}]: dataset name {name!r} is already registered by "
+                    "other code (a Detectron2 or DETA builtin, or a register_* call; json_file "
+                    f"{meta.get('json_file')!r}); choose another name"
+                )
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)  # Metadata refuses to change a set value
+        register_deta_coco_instances(
+            name, {"registered_by": COCO_REGISTER_KEY}, json_file, image_root
+        )
+        logger.info(f"Registered dataset {name!r}: {json_file}, images {image_root}")
+    return [name for name, _, _ in triples]
+
+
+def _json_num_categories(json_file: str) -> Optional[int]:
+    """The number of category ids in a COCO json, or None if it cannot be read that far (the
+    loader's check then reports what is wrong)."""
+    try:
+        with open(json_file) as f:
+            coco = json.load(f)
+    except (OSError, ValueError):
+        return None
+    categories = coco.get("categories") if isinstance(coco, dict) else None
+    if not isinstance(categories, list) or not all(
+        isinstance(c, dict) and "id" in c for c in categories
+    ):
+        return None
+    # Distinct ids, as load_coco_json counts them (pycocotools indexes categories by id).
+    return len({c["id"] for c in categories})
+
+
+def dataset_num_classes(name: str, *, load: bool = False) -> Optional[int]:
+    """The number of categories of a registered dataset, or None when it is not known.
+
+    Looked up in this order: ``thing_classes`` of its metadata; the ``categories`` of its
+    ``json_file`` (COCO-json datasets, whose loader sets ``thing_classes`` only when it runs; this
+    parses the whole json once); with ``load``, ``thing_classes`` after running its loader
+    (``DatasetCatalog.get``, which may take long for a large dataset).
+
+    Args:
+        name (str): a registered dataset name.
+        load (bool): run the loader when nothing else tells.
+    """
+    meta = MetadataCatalog.get(name)
+    classes = meta.get("thing_classes")
+    if classes is not None:
+        return len(classes)
+    json_file = meta.get("json_file")
+    if json_file and os.path.isfile(json_file):
+        n = _json_num_categories(json_file)
+        if n is not None:
+            return n
+    if load:
+        DatasetCatalog.get(name)  # raises DatasetError naming the problems of a bad json
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None:
+            return len(classes)
+    return None
+
+
+def resolve_num_classes(cfg, *, check: bool = True) -> int:
+    """Replace ``MODEL.DETA.NUM_CLASSES = -1`` by the number of categories of
+    ``DATASETS.TRAIN`` (``cfg`` must not be frozen then); with ``check``, also refuse a positive
+    value that disagrees with a training set whose count is known, before any training starts.
+
+    All training sets must agree on the count. A dataset that is not registered, or whose count is
+    unknown without loading it, is not checked against a positive value.
+
+    Returns:
+        int: the resolved ``MODEL.DETA.NUM_CLASSES``.
+
+    Raises:
+        DatasetConfigError: the count cannot be resolved, or it disagrees (both numbers and the
+            dataset are named).
+    """
+    wanted = cfg.MODEL.DETA.NUM_CLASSES
+    from_data = wanted == NUM_CLASSES_FROM_DATA
+    if not from_data and not check:
+        return wanted
+    train = list(cfg.DATASETS.TRAIN)
+    if from_data and not train:
+        raise DatasetConfigError(
+            f"{_NUM_CLASSES_KEY} is -1 (from the training set) but DATASETS.TRAIN is empty; "
+            f"set DATASETS.TRAIN or a positive {_NUM_CLASSES_KEY}"
+        )
+    counts: Dict[str, int] = {}
+    for name in train:
+        if name not in DatasetCatalog.list():
+            if from_data:
+                raise DatasetConfigError(
+                    f"{_NUM_CLASSES_KEY} is -1 (from the training set) but DATASETS.TRAIN has "
+                    f"{name!r}, which is not a registered dataset; register it with "
+                    f"{COCO_REGISTER_KEY} or train_net.py --register NAME JSON IMAGE_ROOT"
+                )
+            continue  # the trainer names it when it loads the data
+        n = dataset_num_classes(name, load=from_data)
+        if n is None and from_data:
+            raise DatasetConfigError(
+                f"{_NUM_CLASSES_KEY} is -1 (from the training set) but the number of categories "
+                f"of {name!r} is unknown (no thing_classes in its metadata, even after loading "
+                f"it); set {_NUM_CLASSES_KEY}"
+            )
+        if n is not None:
+            counts[name] = n
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name} has {n}" for name, n in counts.items())
+        raise DatasetConfigError(
+            f"the DATASETS.TRAIN datasets disagree on the number of categories ({listed}); "
+            "train on datasets with the same categories"
+        )
+    if not counts:
+        return wanted
+    name, n = next(iter(counts.items()))
+    if n < 1:
+        raise DatasetConfigError(f"{name} has no categories: {_NUM_CLASSES_KEY} cannot be {n}")
+    if from_data:
+        cfg.MODEL.DETA.NUM_CLASSES = n
+        logger.info(f"{_NUM_CLASSES_KEY} -1: {n}, the number of categories of {name}")
+        return n
+    if wanted != n:
+        raise DatasetConfigError(
+            f"{_NUM_CLASSES_KEY} is {wanted} but {name} has {n} categories (thing_classes); "
+            f"set it to {n} or -1"
+        )
+    return wanted

@@ -51,12 +51,17 @@ def add_config_args(
 def build_cfg(
     config_file: Optional[str], opts: Sequence[str] = (), *, freeze: bool = True
 ) -> CfgNode:
-    """Detectron2's cfg with the DETA keys, the yaml merged, then the overrides.
+    """Detectron2's cfg with the DETA keys, the yaml merged, then the overrides; the datasets of
+    ``DATASETS.COCO_REGISTER`` registered and ``MODEL.DETA.NUM_CLASSES -1`` resolved from
+    ``DATASETS.TRAIN`` (when set; a positive value is not checked against it here, since tools
+    that only run a model may keep a config's training set they do not have).
 
     Raises:
         CliError: the file is missing, or a key or value is wrong (named in the message).
     """
     from deta.config import add_deta_config
+    from deta.data.annotations import DatasetError
+    from deta.data.datasets import DatasetConfigError, register_from_config, resolve_num_classes
 
     cfg = get_cfg()
     add_deta_config(cfg)
@@ -76,6 +81,14 @@ def build_cfg(
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         fail(f"config override: {_message(e)}")
+    try:
+        # Lenient about missing files: a tool that only runs a model may be given a training
+        # run's config on a machine without that run's data. train_net.py is strict.
+        register_from_config(cfg, require_files=False)
+        if cfg.DATASETS.TRAIN:
+            resolve_num_classes(cfg, check=False)
+    except (DatasetConfigError, DatasetError) as e:
+        fail(str(e))
     if freeze:
         cfg.freeze()
     return cfg
