@@ -1,8 +1,9 @@
 """A corrupt, truncated or missing weights file: one line naming the file, never unsafe advice.
 
-``deta.checkpoint.load_weights_only`` diagnoses the file; ``train_net.py --eval-only`` and
-``tools/visualize_predictions.py`` are run as a user runs them (a subprocess), since what matters
-is what the terminal shows: exit status 2, one line on stderr, no traceback.
+``deta.checkpoint.load_weights_only`` diagnoses the file; ``train_net.py --eval-only``,
+``tools/visualize_predictions.py`` and ``tools/benchmark.py`` are run as a user runs them (a
+subprocess), since what matters is what the terminal shows: exit status 2, one line on stderr,
+no traceback.
 """
 
 import os
@@ -99,6 +100,14 @@ class TestTools(unittest.TestCase):
                     "--eval-only", "MODEL.WEIGHTS", path, "OUTPUT_DIR", self._tmp.name,
                 )  # fmt: skip
                 self.check_one_line(proc, path, why)
+
+    def test_benchmark(self):
+        path, why = self.files["truncated"]
+        proc = self.run_tool(
+            os.path.join(REPO, "tools", "benchmark.py"), "inference", "--config-file",
+            INSTANT_CONFIG, "--weights", path, "--image-sizes", "96x128", "--batch-sizes", "1",
+        )  # fmt: skip
+        self.check_one_line(proc, path, why)
 
     def test_visualize_predictions(self):
         path, why = self.files["garbage"]

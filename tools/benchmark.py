@@ -20,4 +20,6 @@ if REPO not in sys.path:
 from tools.benchmarking.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    from deta.utils.cli import run_main
+
+    run_main(main)

@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from deta.data import DEMO_DATA, generate_synthetic_coco  # noqa: E402
-from deta.utils.cli import default_output  # noqa: E402
+from deta.utils.cli import default_output, run_main  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
@@ -150,4 +150,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -36,7 +36,7 @@ import deta  # noqa: E402, F401
 from deta import DetaDatasetMapper, add_deta_config  # noqa: E402
 from deta.data import DEMO_DATA, generate_synthetic_coco, register_deta_synthetic  # noqa: E402
 from deta.engine import DetaCheckpointer  # noqa: E402
-from deta.utils.cli import default_output  # noqa: E402
+from deta.utils.cli import default_output, run_main  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "deta_R_18_synthetic_cpu.yaml")
@@ -176,4 +176,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -105,10 +105,16 @@ def _message(e: BaseException) -> str:
 
 
 def run_main(main: Callable[[], Optional[int]]) -> None:
-    """Run a tool's ``main``; a :class:`CliError` is printed as ``error: ...`` and exits 2."""
+    """Run a tool's ``main``; a :class:`CliError` (or a weights file's
+    :class:`~deta.checkpoint.CheckpointError`) is printed as ``error: ...`` and exits 2."""
+    from deta.checkpoint import CheckpointError
+
     try:
         code = main()
     except CliError as e:
         sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    except CheckpointError as e:  # a weights file, wherever a tool loads one
+        sys.stderr.write(f"error: cannot load weights: {e}\n")
         sys.exit(2)
     sys.exit(code or 0)

@@ -152,6 +152,12 @@ def main() -> None:
         print(json.dumps(result))
         return
     args = parse_args()
+    if getattr(args, "weights", None):
+        # Checked here, once: a broken file in a measuring subprocess would surface as its
+        # traceback. load_weights_only raises a one-line CheckpointError (run_main prints it).
+        from deta.checkpoint import load_weights_only
+
+        load_weights_only(args.weights)
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads, args.device)
     print_machine(info)

@@ -31,9 +31,9 @@ def build_model(cfg, weights=None, seed: int = 0):
     torch.manual_seed(seed)
     model = d2_build_model(cfg)
     if weights:
-        from detectron2.checkpoint import DetectionCheckpointer
+        from deta.checkpoint import DetaCheckpointer  # weights-only loading, one-line errors
 
-        DetectionCheckpointer(model).load(weights)
+        DetaCheckpointer(model).load(weights)
     return model
 
 
