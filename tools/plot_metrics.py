@@ -12,18 +12,28 @@ Example::
 import argparse
 import os
 
-from deta.utils.plot_metrics import plot_metrics
+from deta.utils.cli import fail, run_main
+from deta.utils.plot_metrics import load_metrics, plot_metrics
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("metrics", help="path to metrics.json")
     parser.add_argument("-o", "--output", default=None, help="PNG path (default: next to it)")
     parser.add_argument("--title", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.metrics):
+        fail(f"{args.metrics}: no such file")
+    try:
+        series = load_metrics(args.metrics)
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"{args.metrics}: cannot be read ({e})")
+    if not series:
+        # Broken lines are skipped (a kill can cut the last one); none at all is the wrong file.
+        fail(f"{args.metrics}: no metrics lines (JSON objects with an 'iteration') in it")
     out = args.output or os.path.join(os.path.dirname(args.metrics), "curves.png")
     print(f"wrote {plot_metrics(args.metrics, out, args.title)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,6 +28,8 @@ def load_metrics(path: str) -> Series:
                 row = json.loads(line)
             except ValueError:
                 continue  # a line cut by an interrupted write
+            if not isinstance(row, dict):
+                continue
             it = row.get("iteration")
             if it is None:
                 continue
