@@ -15,7 +15,6 @@ Without CUDA, ``--num-gpus N`` starts N CPU worker processes (gloo); set ``MODEL
 See docs/TRAINING.md for multi-node and slurm use.
 """
 
-import sys
 import weakref
 
 from detectron2.config import get_cfg
@@ -26,11 +25,11 @@ from detectron2.utils import comm
 
 import deta  # noqa: F401  registers the DETA meta-architecture and the synthetic datasets
 from deta import DetaDatasetMapper, add_deta_config
-from deta.checkpoint import CheckpointError
-from deta.data.datasets import DatasetConfigError, register_from_config, resolve_num_classes
+from deta.data.datasets import register_from_config, resolve_num_classes
 from deta.engine import DetaCheckpointer, add_nonfinite_loss_check, cpu_safe_ddp, launch
 from deta.evaluation import build_coco_evaluator
 from deta.solver import build_deta_optimizer
+from deta.utils.cli import run_main
 
 # Detectron2 v0.6's DefaultTrainer checkpoints neither the optimizer nor the AMP scaler, so
 # --resume restarted AdamW from zero moments; later versions store them under "_trainer".
@@ -145,8 +144,9 @@ def invoke_main() -> None:
     """Parse the command line and launch ``main`` on every process."""
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    try:
-        launch(
+    # A broken weights file or dataset setting is one error line (run_main), not a traceback.
+    run_main(
+        lambda: launch(
             main,
             args.num_gpus,
             num_machines=args.num_machines,
@@ -154,12 +154,7 @@ def invoke_main() -> None:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except CheckpointError as e:  # one line naming the file, not torch's unsafe-load advice
-        sys.stderr.write(f"error: cannot load weights: {e}\n")
-        sys.exit(2)
-    except DatasetConfigError as e:  # names the key and value: a traceback adds nothing
-        sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
+    )
 
 
 if __name__ == "__main__":

@@ -105,13 +105,15 @@ def _message(e: BaseException) -> str:
 
 
 def run_main(main: Callable[[], Optional[int]]) -> None:
-    """Run a tool's ``main``; a :class:`CliError` (or a weights file's
-    :class:`~deta.checkpoint.CheckpointError`) is printed as ``error: ...`` and exits 2."""
+    """Run a tool's ``main``; a :class:`CliError`, a dataset setting's ``DatasetConfigError`` or
+    a weights file's :class:`~deta.checkpoint.CheckpointError` is printed as one ``error: ...``
+    line and exits 2."""
     from deta.checkpoint import CheckpointError
+    from deta.data.datasets import DatasetConfigError
 
     try:
         code = main()
-    except CliError as e:
+    except (CliError, DatasetConfigError) as e:  # their messages name the key/file and value
         sys.stderr.write(f"error: {e}\n")
         sys.exit(2)
     except CheckpointError as e:  # a weights file, wherever a tool loads one

@@ -4,6 +4,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import unittest
 
 import torch
@@ -317,6 +319,21 @@ class TestTrainNetRegister(RegisterCase):
         ckpt = torch.load(os.path.join(self.path("run"), "model_final.pth"), weights_only=True)
         self.assertEqual(ckpt["iteration"], 1)
         self.assertEqual(ckpt["model"]["class_embed.0.weight"].shape[0], 3)
+
+
+class TestTrainNetCommandLine(TmpDirCase):
+    def test_bad_register_is_one_error_line(self):
+        missing = os.path.join(self.path("nowhere"), "train.json")
+        script = os.path.join(REPO, "train_net.py")
+        cmd = [sys.executable, script, "--config-file", INSTANT_CONFIG, "--register", "my_train",
+               missing, self.dir, "OUTPUT_DIR", self.path("run")]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        last = proc.stderr.strip().splitlines()[-1]
+        self.assertTrue(last.startswith("error: DATASETS.COCO_REGISTER[0]"), last)
+        self.assertIn(missing, last)
+        self.assertNotIn("Traceback", proc.stderr)
 
 
 if __name__ == "__main__":

@@ -330,6 +330,65 @@ class TestExportTool(unittest.TestCase):
         self.assertNotIn("weights_only=False", err)
 
 
+@NEEDS_EXTRA
+class TestEvalExported(unittest.TestCase):
+    """``eval_exported.evaluate`` on ONNX Runtime gives PyTorch's COCO results and AP."""
+
+    def test_same_results_as_the_model(self):
+        from detectron2.data import build_detection_test_loader
+        from detectron2.evaluation import inference_on_dataset
+
+        from deta.data import DetaDatasetMapper, register_deta_synthetic
+        from deta.evaluation import build_coco_evaluator
+
+        from ..helpers.train import TINY_DATA, make_tiny_dataset
+
+        tool = load_tool("eval_exported")
+        cfg = tiny_cfg(*EXTRA_OPTS, "INPUT.MIN_SIZE_TEST", 160, "INPUT.MAX_SIZE_TEST", 224,
+                       "DATASETS.TEST", "('deta_synthetic_val',)")  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            register_deta_synthetic(make_tiny_dataset(tmp))
+            try:
+                run = tool.load_runner(exported()[1])
+                with contextlib.redirect_stdout(io.StringIO()):
+                    got, _ = tool.evaluate(run, cfg, "deta_synthetic_val", os.path.join(tmp, "a"))
+                    loader = build_detection_test_loader(
+                        cfg, "deta_synthetic_val", mapper=DetaDatasetMapper(cfg, False)
+                    )
+                    evaluator = build_coco_evaluator(cfg, "deta_synthetic_val",
+                                                     os.path.join(tmp, "b"))  # fmt: skip
+                    with fast_cpu.disabled():
+                        expected = inference_on_dataset(tiny_model(), loader, evaluator)
+                results = {}
+                for name in ("a", "b"):
+                    with open(os.path.join(tmp, name, "coco_instances_results.json")) as f:
+                        results[name] = json.load(f)
+            finally:
+                register_deta_synthetic()  # back to the default root
+        self.assertGreater(len(results["b"]), 0)
+        self.assertEqual(len(results["a"]), len(results["b"]))
+        by_image = {}
+        for name, rows in results.items():
+            for r in rows:
+                by_image.setdefault(r["image_id"], {}).setdefault(name, []).append(r)
+        for image_id, runs in by_image.items():
+            a, b = (_coco_to_dict(runs.get(n, [])) for n in ("a", "b"))
+            # Boxes within 1e-4 of the smallest image side the tiny set can have (stricter than
+            # 1e-4 of each image's own size).
+            side = TINY_DATA["min_long_side"] * 0.5
+            self.assertEqual(match_detections(b, a, (side, side), atol=1e-4), [], image_id)
+        self.assertAlmostEqual(got["bbox"]["AP"], expected["bbox"]["AP"], delta=0.1)
+
+
+def _coco_to_dict(rows):
+    xywh = torch.tensor([r["bbox"] for r in rows]).reshape(-1, 4)
+    return {
+        "scores": torch.tensor([r["score"] for r in rows]),
+        "labels": torch.tensor([r["category_id"] for r in rows]),
+        "boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+    }
+
+
 class TestEvalTool(unittest.TestCase):
     def test_missing_and_wrong_model_files(self):
         with tempfile.TemporaryDirectory() as tmp:
