@@ -192,3 +192,27 @@ class TestOptimizerTypesAndClipping(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestFusedAdamW(unittest.TestCase):
+    def test_cpu_adamw_is_fused_and_matches_the_loop(self):
+        cfg = _cfg("SOLVER.BASE_LR", 1e-2, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0.1)
+        params = {}
+        for fused in (True, False):
+            torch.manual_seed(0)
+            model = _Toy()
+            start = [p.detach().clone() for p in model.parameters()]
+            optimizer = build_deta_optimizer(cfg, model)
+            if not fused:  # the same optimizer with the per-tensor loop, as before
+                for g in optimizer.param_groups:
+                    g["fused"] = False
+                    g["foreach"] = False
+            self.assertEqual(optimizer.param_groups[0]["fused"], fused)
+            for _ in range(3):
+                optimizer.zero_grad()
+                (model(torch.randn(4, 3)) * 100).backward()
+                optimizer.step()
+            params[fused] = [p.detach().clone() for p in model.parameters()]
+            self.assertFalse(all(torch.equal(a, b) for a, b in zip(params[fused], start)))
+        for a, b in zip(params[True], params[False]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
