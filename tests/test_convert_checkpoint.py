@@ -98,11 +98,29 @@ class TestOfficialLayouts(unittest.TestCase):
     def test_resnet50_keep_91(self):
         self._roundtrip("deta_R_50_5scale_12ep.yaml", 91, False)
 
-    def test_swin_large_366_classes(self):
+    def test_swin_large_366_classes_kept(self):
         official, model = self._roundtrip("deta_swin_L_5scale_o365_24ep.yaml", 366, False)
         self.assertEqual(model.class_embed[0].weight.shape[0], 366)
         key = "backbone.0.body.layers.2.blocks.17.attn.relative_position_bias_table"
         self.assertEqual(tuple(official[key].shape), (529, 24))
+
+    def test_objects365_366_rows_sliced_to_365(self):
+        config = _config("deta_swin_L_5scale_o365_24ep.yaml")
+        small = ("MODEL.SWIN.EMBED_DIM", 32, "MODEL.SWIN.DEPTHS", [2, 2, 2, 2],
+                 "MODEL.SWIN.NUM_HEADS", [1, 2, 4, 8])  # fmt: skip
+        model = build_model(load(config, *small, "MODEL.DETA.NUM_CLASSES", 366))
+        official = to_official_layout(model.state_dict())
+        converted = convert_official_state_dict(official, slice_classes=True)
+        target = build_model(load(config, *small))
+        self.assertEqual(target.class_embed[0].weight.shape[0], 365)
+        result = target.load_state_dict(converted, strict=True)
+        self.assertEqual((result.missing_keys, result.unexpected_keys), ([], []))
+        # Contiguous class c is raw id c + 1: row c + 1 of the official decoder heads.
+        torch.testing.assert_close(target.class_embed[0].bias, official["class_embed.0.bias"][1:])
+        # The first-stage head keeps row 0 (objectness), then raw ids 2..365.
+        enc = official["class_embed.6.weight"]
+        torch.testing.assert_close(target.class_embed[6].weight[0], enc[0])
+        torch.testing.assert_close(target.class_embed[6].weight[1:], enc[2:])
 
 
 class TestConverterErrors(unittest.TestCase):

@@ -10,9 +10,10 @@ zero unexpected keys: the conversion is checked against the model built from ``-
 (``--config`` is an alias) and the trailing ``KEY VALUE`` overrides before anything is written,
 and the file is written atomically (temporary file, then rename).
 
-Class heads: a 91-way COCO head (raw category ids) is sliced to Detectron2's 80 contiguous classes
-unless ``--keep-coco-ids``; the first-stage head keeps its objectness logit (index 0). Other sizes
-(e.g. 366 for the Objects365 checkpoint) are kept as they are.
+Class heads indexed by raw category id are sliced to Detectron2's contiguous classes unless
+``--keep-raw-ids``: 91-way COCO to 80, 366-way Objects365 to 365 (kept as 366, Detectron2's class c
+would read the logit of raw id c, not c + 1). The first-stage head keeps its objectness logit
+(index 0). Other sizes are kept as they are.
 """
 
 import argparse
@@ -25,6 +26,7 @@ from detectron2.modeling import build_model
 
 import deta  # noqa: F401  registers DETA and its backbones
 from deta.checkpoint import (
+    RAW_ID_HEADS,
     ConversionError,
     check_against_model,
     convert_official_state_dict,
@@ -45,9 +47,11 @@ def parse_args(argv=None):
     p.add_argument("--source", required=True, help="official checkpoint (.pth)")
     p.add_argument("--output", required=True, help="converted checkpoint to write")
     p.add_argument(
+        "--keep-raw-ids",
         "--keep-coco-ids",
+        dest="keep_raw_ids",
         action="store_true",
-        help="keep 91-way heads indexed by raw COCO ids (sets NUM_CLASSES 91)",
+        help="keep 91/366-way heads indexed by raw category ids (NUM_CLASSES 91/366)",
     )
     # Not required: the default config depends on the checkpoint's backbone, known only once
     # the file is read (see convert()).
@@ -69,8 +73,9 @@ def convert(args) -> dict:
     ckpt = load_official_checkpoint(args.source)
     official = ckpt["model"]
     classes = num_classes_of(official)
-    slice_coco = classes == 91 and not args.keep_coco_ids
-    state = convert_official_state_dict(official, slice_coco_classes=slice_coco)
+    state = convert_official_state_dict(
+        official, slice_classes=classes in RAW_ID_HEADS and not args.keep_raw_ids
+    )
     backbone = "swin" if any(k.startswith("backbone.patch_embed") for k in state) else "resnet"
     config = args.config_file or DEFAULT_CONFIGS[backbone]
     # The user's overrides come last so they can change the architecture being checked.

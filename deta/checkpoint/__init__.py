@@ -12,6 +12,8 @@ from .io import (
 )
 from .official import (
     COCO_CATEGORY_IDS,
+    O365_CATEGORY_IDS,
+    RAW_ID_HEADS,
     ConversionError,
     check_against_model,
     convert_official_state_dict,
@@ -25,6 +27,8 @@ __all__ = [
     "CheckpointError",
     "ConversionError",
     "DetaCheckpointer",
+    "O365_CATEGORY_IDS",
+    "RAW_ID_HEADS",
     "check_against_model",
     "check_finite_state",
     "convert_official_state_dict",

@@ -2,7 +2,8 @@
 
 Only the backbone is renamed: the transformer, heads and input projections already use the
 official names, including the ``transformer.decoder.{class,bbox}_embed`` aliases of the shared
-heads. Class heads can be sliced from the 91 raw COCO ids to Detectron2's 80 contiguous classes.
+heads. Class heads indexed by raw category id (COCO's 91 rows, Objects365's 366) can be sliced to
+Detectron2's contiguous classes (80, 365).
 """
 
 import logging
@@ -16,6 +17,8 @@ from .io import load_weights_only
 
 __all__ = [
     "COCO_CATEGORY_IDS",
+    "O365_CATEGORY_IDS",
+    "RAW_ID_HEADS",
     "ConversionError",
     "convert_official_state_dict",
     "convert_swin_classification",
@@ -28,6 +31,12 @@ logger = logging.getLogger(__name__)
 
 # The 80 category ids of COCO 2017 in Detectron2's contiguous order.
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+# Objects365 v2 ids are 1..365. The released O365 heads have a row per raw id plus an unused
+# row 0, like COCO's 91: kept as is, Detectron2's contiguous class c would read row c, the
+# logit of raw id c instead of c + 1.
+O365_CATEGORY_IDS = list(range(1, 366))
+# Rows of an official class head -> the raw ids of Detectron2's contiguous classes, in order.
+RAW_ID_HEADS = {91: COCO_CATEGORY_IDS, 366: O365_CATEGORY_IDS}
 
 _STEM = {"conv1": "stem.conv1", "bn1": "stem.conv1.norm"}
 # torchvision block module → Detectron2 block module (FrozenBN sits inside the conv as .norm).
@@ -100,27 +109,39 @@ def _num_decoder_layers(state: Dict[str, torch.Tensor]) -> int:
 
 
 def _slice_classes(state: Dict[str, torch.Tensor], num_dec: int) -> None:
-    """91 raw-id rows → 80 contiguous rows; the first-stage head keeps row 0 (objectness)."""
-    dec_rows = torch.as_tensor(COCO_CATEGORY_IDS)
+    """Raw-id rows → contiguous rows (91 → 80, 366 → 365); the first-stage head keeps row 0
+    (objectness)."""
+    rows = state["class_embed.0.bias"].shape[0]
+    if rows not in RAW_ID_HEADS:
+        raise ConversionError(
+            f"class_embed.0 has {rows} classes; slicing needs one of {sorted(RAW_ID_HEADS)}"
+        )
+    ids = RAW_ID_HEADS[rows]
+    dec_rows = torch.as_tensor(ids)
     # First-stage head: only logit 0 is ever read; the other rows are trained as negatives only.
-    enc_rows = torch.as_tensor([0] + COCO_CATEGORY_IDS[1:])
+    enc_rows = torch.as_tensor([0] + ids[1:])
     for key in list(state):
         m = re.match(r"^(?:transformer\.decoder\.)?class_embed\.(\d+)\.(weight|bias)$", key)
         if m:
-            rows = enc_rows if int(m.group(1)) == num_dec else dec_rows
-            if state[key].shape[0] != 91:
-                raise ConversionError(f"{key} has {state[key].shape[0]} classes; slicing needs 91")
-            state[key] = state[key][rows].clone()
+            if state[key].shape[0] != rows:
+                raise ConversionError(f"{key} has {state[key].shape[0]} classes, not {rows}")
+            index = enc_rows if int(m.group(1)) == num_dec else dec_rows
+            state[key] = state[key][index].clone()
 
 
 def convert_official_state_dict(
-    official: Dict[str, torch.Tensor], slice_coco_classes: bool = False
+    official: Dict[str, torch.Tensor],
+    slice_coco_classes: bool = False,
+    *,
+    slice_classes: bool = False,
 ) -> Dict[str, torch.Tensor]:
     """Rename an official ``ckpt['model']`` to this project's keys (float32 tensors).
 
     Args:
         official: the official state dict (R-50 or Swin-L backbone).
-        slice_coco_classes: map 91-way COCO heads to Detectron2's 80 contiguous classes.
+        slice_classes: map heads indexed by raw category id to Detectron2's contiguous classes:
+            91-way COCO to 80, 366-way Objects365 to 365 (:data:`RAW_ID_HEADS`).
+        slice_coco_classes: the older name of ``slice_classes``.
 
     Raises:
         ConversionError: listing every key that matches no known pattern.
@@ -144,7 +165,7 @@ def convert_official_state_dict(
         raise ConversionError(
             f"{len(unknown)} unknown keys in the official checkpoint: {unknown[:20]}"
         )
-    if slice_coco_classes:
+    if slice_classes or slice_coco_classes:
         _slice_classes(out, _num_decoder_layers(out))
     return out
 

@@ -15,6 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 
 from ..checkpoint import (
+    RAW_ID_HEADS,
     DetaCheckpointer,
     check_against_model,
     convert_official_state_dict,
@@ -85,8 +86,10 @@ def _convert_official(path: str, model: torch.nn.Module, num_classes: int) -> st
         return cached
     official = load_official_checkpoint(path)["model"]
     heads = official.get("class_embed.0.weight")
-    slice_coco = heads is not None and heads.shape[0] == 91 and num_classes == 80
-    state = convert_official_state_dict(official, slice_coco_classes=slice_coco)
+    ids = RAW_ID_HEADS.get(heads.shape[0]) if heads is not None else None
+    state = convert_official_state_dict(
+        official, slice_classes=ids is not None and num_classes == len(ids)
+    )
     check_against_model(state, model)
     save_atomic({"model": state, "source": os.path.basename(path)}, cached)
     return cached

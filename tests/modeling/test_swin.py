@@ -307,13 +307,13 @@ class TestSwinDeta(unittest.TestCase):
             "MODEL.SWIN.NUM_HEADS",
             [1, 2, 4, 8],
         )
-        self.assertEqual(cfg.MODEL.DETA.NUM_CLASSES, 366)
+        self.assertEqual(cfg.MODEL.DETA.NUM_CLASSES, 365)
         model = build_model(cfg).eval()
         batch = [{"image": torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)}] * 2
         with torch.no_grad():
             results = model(batch)
         self.assertEqual(len(results), 2)
-        self.assertTrue((results[0]["instances"].pred_classes < 366).all())
+        self.assertTrue((results[0]["instances"].pred_classes < 365).all())
 
 
 if __name__ == "__main__":
