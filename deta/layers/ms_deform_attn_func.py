@@ -26,18 +26,22 @@ __all__ = [
     "ms_deform_attn_pytorch",
     "set_msda_impl",
     "get_msda_impl",
+    "get_validate_levels",
+    "set_validate_levels",
 ]
 
 logger = logging.getLogger(__name__)
 
 MSDA_IMPLS = ("auto", "pytorch", "cpp", "cuda")
 _ENV_VAR = "DETA_MSDA_IMPL"
+_VALIDATE_ENV_VAR = "DETA_MSDA_VALIDATE_LEVELS"
 _REBUILD_HINT = "Rebuild with pip install --no-build-isolation -e ."
 _CUDA_REBUILD_HINT = (
     "Rebuild with FORCE_CUDA=1 (and TORCH_CUDA_ARCH_LIST, CUDA_HOME) "
     "pip install --no-build-isolation -e ."
 )
 _default_impl: Optional[str] = None
+_validate_levels: Optional[bool] = None
 _ext_import_error: Optional[str] = None
 # Fallback reasons already logged, so the slow-path warning is emitted once per reason.
 _warned_fallbacks = set()
@@ -92,6 +96,36 @@ def get_msda_impl() -> str:
     if _default_impl is not None:
         return _default_impl
     return _check_impl(os.environ.get(_ENV_VAR, "auto"), f"${_ENV_VAR}")
+
+
+def set_validate_levels(enabled: Optional[bool]) -> None:
+    """Whether calls on CUDA tensors also check the contents of ``spatial_shapes`` and
+    ``level_start_index`` (as calls on CPU tensors always do), for debugging.
+
+    Off by default: reading them back is a device-to-host sync per call, which idles the GPU
+    and rules out CUDA graphs. The model builds them from the feature maps' sizes, so they are
+    right by construction; and the CUDA kernels skip corners outside ``value``, so wrong ones
+    give wrong numbers, never out-of-bounds reads.
+
+    Args:
+        enabled (bool or None): None goes back to ``$DETA_MSDA_VALIDATE_LEVELS`` ("1" on,
+            default "0").
+    """
+    global _validate_levels
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ValueError(f"set_validate_levels(enabled) must be a bool or None, got {enabled!r}")
+    _validate_levels = enabled
+
+
+def get_validate_levels() -> bool:
+    """Whether CUDA calls check the level tensors' contents: from :func:`set_validate_levels`,
+    else ``$DETA_MSDA_VALIDATE_LEVELS``, else off."""
+    if _validate_levels is not None:
+        return _validate_levels
+    flag = os.environ.get(_VALIDATE_ENV_VAR, "0")
+    if flag not in ("0", "1"):
+        raise ValueError(f"${_VALIDATE_ENV_VAR} must be 0 or 1, got {flag!r}")
+    return flag == "1"
 
 
 def _warn_fallback(reason: str, hint: str = _REBUILD_HINT) -> None:
@@ -195,7 +229,8 @@ def _check_inputs(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> List[Tuple[int, int]]:
-    """Validate the op's inputs (raising ValueError naming the argument); returns [(H_l, W_l)]."""
+    """Validate the op's inputs (raising ValueError naming the argument); returns [(H_l, W_l)],
+    or [] where the level tensors' contents are not read (compiling, or CUDA by default)."""
     _check_float("value", value, 4)
     _check_float("sampling_locations", sampling_locations, 6)
     _check_float("attention_weights", attention_weights, 5)
@@ -226,6 +261,9 @@ def _check_inputs(
             raise ValueError(f"{name} is on {t.device} but value is on {value.device}")
     if torch.compiler.is_compiling():
         # The level bookkeeping is data (tensor values): checking it would break the graph.
+        return []
+    if value.device.type != "cpu" and not get_validate_levels():
+        # Reading device tensors back costs a sync per call (see set_validate_levels).
         return []
     return _check_levels(spatial_shapes, level_start_index, value.shape[1])
 
@@ -393,6 +431,8 @@ def ms_deform_attn(
         value (Tensor): (N, S, M, D) float values of all levels, flattened level by level.
         spatial_shapes (Tensor): (L, 2) int64, (H_l, W_l) of each level.
         level_start_index (Tensor): (L,) int64, offset of each level in S: [0, cumsum(H*W)[:-1]].
+            The contents of both are checked on CPU; on CUDA only after
+            ``set_validate_levels(True)`` (the check would sync every call).
         sampling_locations (Tensor): (N, Lq, M, L, P, 2) normalised (x, y), 0..1 inside the map.
         attention_weights (Tensor): (N, Lq, M, L, P).
         im2col_step (int): kept for compatibility with Deformable DETR; the kernels here need

@@ -134,8 +134,12 @@ inline void check_index_tensor(
       t.is_contiguous(), "ms_deform_attn: ", name, " must be contiguous");
 }
 
-// The kernels index value with spatial_shapes and level_start_index, so their
-// contents are checked too (for CUDA tensors this costs one small copy).
+// The kernels index value with spatial_shapes and level_start_index, so the
+// contents of CPU tensors are checked too. CUDA tensors are not read back: that
+// would be a device-to-host sync per call, idling the GPU and ruling out CUDA
+// graphs. The CUDA kernels instead skip corners outside value (wrong level
+// tensors give wrong numbers, never out-of-bounds reads), and
+// deta.layers.set_validate_levels(True) checks them in Python for debugging.
 inline void check_levels(
     const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index,
@@ -183,8 +187,8 @@ inline void check_levels(
 
 } // namespace detail
 
-// Validates the forward inputs (dims, dtypes, devices, contiguity, level
-// bookkeeping) so that neither kernel can read out of bounds.
+// Validates the forward inputs (dims, dtypes, devices, contiguity; level
+// bookkeeping on CPU) so that neither kernel can read out of bounds.
 inline void check_ms_deform_attn_inputs(
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
@@ -241,7 +245,9 @@ inline void check_ms_deform_attn_inputs(
       sampling_loc.sizes().slice(0, 5),
       ", got ",
       attn_weight.sizes());
-  detail::check_levels(spatial_shapes, level_start_index, value.size(1));
+  if (spatial_shapes.is_cpu()) {
+    detail::check_levels(spatial_shapes, level_start_index, value.size(1));
+  }
 }
 
 inline void check_ms_deform_attn_grad(

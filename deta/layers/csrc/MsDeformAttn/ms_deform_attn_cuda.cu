@@ -1,7 +1,9 @@
 // Host launchers of the CUDA multi-scale deformable attention kernels. The
-// inputs have been validated by the dispatcher in ms_deform_attn.h.
-// c10 headers only: ATen/cuda/CUDAContext.h would also need the cuBLAS and
-// cuSPARSE headers, which this op does not use.
+// inputs have been validated by the dispatcher in ms_deform_attn.h, all but
+// the contents of the level tensors (the kernels guard those themselves).
+// CUDA headers from c10 only: ATen/cuda/CUDAContext.h would also need the
+// cuBLAS and cuSPARSE headers, which this op does not use.
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -79,6 +81,9 @@ std::vector<at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& attn_weight,
     const at::Tensor& grad_output) {
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn_backward_cuda: needs CUDA");
+  // grad_value is scattered with atomicAdd, in no fixed order: raises (or
+  // warns, with warn_only=True) under torch.use_deterministic_algorithms(True).
+  at::globalContext().alertNotDeterministic("ms_deform_attn_backward_cuda");
   c10::cuda::CUDAGuard device_guard(value.device());
   const cuda_kernels::Dims d = get_dims(value, sampling_loc);
   at::Tensor grad_value = at::zeros_like(value);

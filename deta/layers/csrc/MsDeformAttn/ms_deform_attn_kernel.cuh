@@ -7,7 +7,12 @@
 //
 // The backward reduces the per-sample location and attention gradients over
 // channels with warp shuffles and scatters the value gradient with atomics,
-// so grad_value is not bit-reproducible on CUDA (the CPU kernel is).
+// so grad_value is not bit-reproducible on CUDA (the CPU kernel is); under
+// torch.use_deterministic_algorithms(True) the backward launcher alerts.
+//
+// The host does not read the level tensors of CUDA calls back (no sync; see
+// ms_deform_attn.h), so corners outside value are dropped here: bad level
+// tensors give wrong numbers, never out-of-bounds accesses.
 #pragma once
 
 #include <ATen/cuda/Atomic.cuh>
@@ -37,6 +42,19 @@ __device__ __forceinline__ int64_t slice_offset(const Dims& d, int64_t group) {
   const int64_t m = group % d.heads;
   const int64_t b = group / (d.queries * d.heads);
   return b * d.num_value * d.heads * d.channels + m * d.channels;
+}
+
+// Treats corners outside the num_value rows of the slice as off the map.
+template <typename scalar_t>
+__device__ __forceinline__ void drop_outside(
+    BilinearSample<scalar_t>& s,
+    int64_t num_value) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (s.index[k] >= num_value) {
+      s.index[k] = -1;
+    }
+  }
 }
 
 template <typename scalar_t>
@@ -70,6 +88,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                   loc[2 * i], loc[2 * i + 1], height, width, start, s)) {
             continue;
           }
+          drop_outside(s, d.num_value);
           scalar_t v = 0;
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
@@ -131,6 +150,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                 loc[2 * i], loc[2 * i + 1], height, width, start, s)) {
           continue; // warp-uniform; its gradients stay zero
         }
+        drop_outside(s, d.num_value);
         const scalar_t a = attn[i];
         // dot[k] = <grad_output row, corner k row>, from which all the
         // sample's gradients follow.
