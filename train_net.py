@@ -17,19 +17,17 @@ See docs/TRAINING.md for multi-node and slurm use.
 
 import weakref
 
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import deta  # noqa: F401  registers the DETA meta-architecture and the synthetic datasets
-from deta import DetaDatasetMapper, add_deta_config
-from deta.data.datasets import register_from_config, resolve_num_classes
+from deta import DetaDatasetMapper
 from deta.engine import DetaCheckpointer, add_nonfinite_loss_check, cpu_safe_ddp, launch
 from deta.evaluation import build_coco_evaluator
 from deta.solver import build_deta_optimizer
-from deta.utils.cli import run_main
+from deta.utils.cli import build_cfg, run_main
 
 # Detectron2 v0.6's DefaultTrainer checkpoints neither the optimizer nor the AMP scaler, so
 # --resume restarted AdamW from zero moments; later versions store them under "_trainer".
@@ -92,19 +90,15 @@ class Trainer(DefaultTrainer):
 def setup(args):
     """Config from ``--config-file``, the trailing overrides and ``--register``, the datasets
     registered and ``MODEL.DETA.NUM_CLASSES`` resolved, then Detectron2's setup."""
-    cfg = get_cfg()
-    add_deta_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    # Into the config, not only the catalog: every launched worker runs setup itself, and the
-    # config.yaml written to OUTPUT_DIR then reproduces the run.
-    extra = [list(t) for t in getattr(args, "register", None) or []]
-    cfg.DATASETS.COCO_REGISTER = [*cfg.DATASETS.COCO_REGISTER, *extra]
-    register_from_config(cfg)
     # A wrong class count is caught here rather than as a crash or a silent waste of heads later;
     # evaluation of a given checkpoint only needs -1 resolved.
-    resolve_num_classes(cfg, check=not getattr(args, "eval_only", False))
-    cfg.freeze()
+    cfg = build_cfg(
+        args.config_file,
+        args.opts,
+        register=getattr(args, "register", None) or (),
+        require_files=True,
+        check_num_classes=not getattr(args, "eval_only", False),
+    )
     default_setup(cfg, args)
     return cfg
 

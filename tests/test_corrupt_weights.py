@@ -1,7 +1,8 @@
 """A corrupt, truncated or missing weights file: one line naming the file, never unsafe advice.
 
 ``deta.checkpoint.load_weights_only`` diagnoses the file; ``train_net.py --eval-only``,
-``tools/visualize_predictions.py`` and ``tools/benchmark.py`` are run as a user runs them (a
+``tools/visualize_predictions.py``, ``tools/visualize_assignment.py``,
+``tools/compare_assignment.py`` and ``tools/benchmark.py`` are run as a user runs them (a
 subprocess), since what matters is what the terminal shows: exit status 2, one line on stderr,
 no traceback.
 """
@@ -116,6 +117,25 @@ class TestTools(unittest.TestCase):
             INSTANT_CONFIG, "MODEL.WEIGHTS", path,
         )  # fmt: skip
         self.check_one_line(proc, path, why)
+
+    def test_visualize_assignment_stops_before_writing_the_dataset(self):
+        path, why = self.files["truncated"]
+        proc = self.run_tool(
+            os.path.join(REPO, "tools", "visualize_assignment.py"), "MODEL.WEIGHTS", path,
+        )  # fmt: skip
+        self.check_one_line(proc, path, why)
+        self.assertFalse(os.path.exists(os.path.join(self._tmp.name, "output", "demo")))
+
+    def test_compare_assignment_stops_before_the_first_run(self):
+        for kind in ("garbage", "missing"):
+            path, why = self.files[kind]
+            with self.subTest(kind):
+                proc = self.run_tool(
+                    os.path.join(REPO, "tools", "compare_assignment.py"), "--output",
+                    os.path.join(self._tmp.name, "cmp"), "MODEL.WEIGHTS", path,
+                )  # fmt: skip
+                self.check_one_line(proc, path, why)
+                self.assertFalse(os.path.exists(os.path.join(self._tmp.name, "cmp", "datasets")))
 
 
 if __name__ == "__main__":

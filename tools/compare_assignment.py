@@ -34,8 +34,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from deta.checkpoint import load_weights_only  # noqa: E402
 from deta.data import DEMO_DATA, generate_synthetic_coco  # noqa: E402
-from deta.utils.cli import default_output, run_main  # noqa: E402
+from deta.utils.cli import build_cfg, default_output, fail, run_main  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
@@ -132,6 +133,14 @@ def write_report(curves: Dict[str, List[Dict]], out_dir: str, seconds: Dict[str,
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # The config, the overrides and MODEL.WEIGHTS are checked before the dataset is written and
+    # the first run starts, so a bad one stops in one line (the runs would each fail on it).
+    weights = build_cfg(args.config_file, args.opts).MODEL.WEIGHTS
+    if weights and "://" not in weights:  # URLs and Detectron2's .pkl are left to the runs
+        if not weights.endswith((".pkl", ".pyth")):
+            load_weights_only(weights)
+        elif not os.path.isfile(weights):
+            fail(f"MODEL.WEIGHTS {weights}: no such file")
     args.output = os.path.abspath(default_output("compare_assignment", args.output))
     os.makedirs(args.output, exist_ok=True)
     env = dict(os.environ)

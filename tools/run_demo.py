@@ -33,7 +33,6 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
@@ -41,11 +40,11 @@ from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils.logger import setup_logger
 
 import deta  # noqa: F401  registers DETA and the synthetic datasets
-from deta import DetaDatasetMapper, add_deta_config
+from deta import DetaDatasetMapper
 from deta.data import DEMO_DATA, generate_synthetic_coco, register_deta_synthetic
 from deta.engine import DetaCheckpointer
 from deta.evaluation import build_coco_evaluator
-from deta.utils.cli import default_output
+from deta.utils.cli import build_cfg, default_output
 from deta.utils.plot_metrics import plot_metrics
 from deta.utils.visualization import draw_prediction_grid
 
@@ -67,13 +66,8 @@ def _train(model_dir: str, datasets_dir: str, opts: List[str]) -> None:
 
 
 def _load_cfg(model_dir: str, opts: List[str]):
-    cfg = get_cfg()
-    add_deta_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(["OUTPUT_DIR", model_dir, *opts])
-    cfg.MODEL.WEIGHTS = os.path.join(model_dir, "model_final.pth")
-    cfg.freeze()
-    return cfg
+    weights = os.path.join(model_dir, "model_final.pth")
+    return build_cfg(CONFIG, ["OUTPUT_DIR", model_dir, *opts, "MODEL.WEIGHTS", weights])
 
 
 def _xyxy(boxes: List[List[float]], mode: BoxMode) -> Boxes:

@@ -27,16 +27,15 @@ import matplotlib.patches as patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
 import deta  # noqa: E402, F401
-from deta import DetaDatasetMapper, add_deta_config  # noqa: E402
+from deta import DetaDatasetMapper  # noqa: E402
 from deta.data import DEMO_DATA, generate_synthetic_coco, register_deta_synthetic  # noqa: E402
 from deta.engine import DetaCheckpointer  # noqa: E402
-from deta.utils.cli import default_output, run_main  # noqa: E402
+from deta.utils.cli import build_cfg, default_output, run_main  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "deta_R_18_synthetic_cpu.yaml")
@@ -103,16 +102,14 @@ def main(argv=None) -> None:
     p.add_argument("--image-index", type=int, default=3, help="index into deta_synthetic_val")
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
-    # The dataset tools/run_demo.py writes (reused when it is already there).
-    root = os.path.join(default_output("demo"), "datasets", "deta_synthetic")
-    register_deta_synthetic(generate_synthetic_coco(root, **DEMO_DATA)["root"])
-    cfg = get_cfg()
-    add_deta_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *args.opts])
+    # Config and weights first: a bad one stops in one line before the dataset is written.
+    cfg = build_cfg(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         DetaCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    # The dataset tools/run_demo.py writes (reused when it is already there).
+    root = os.path.join(default_output("demo"), "datasets", "deta_synthetic")
+    register_deta_synthetic(generate_synthetic_coco(root, **DEMO_DATA)["root"])
     records = [r for r in DatasetCatalog.get("deta_synthetic_val") if r["annotations"]]
     record = records[args.image_index % len(records)]
     item = DetaDatasetMapper(cfg, is_train=False)(dict(record))

@@ -49,12 +49,26 @@ def add_config_args(
 
 
 def build_cfg(
-    config_file: Optional[str], opts: Sequence[str] = (), *, freeze: bool = True
+    config_file: Optional[str],
+    opts: Sequence[str] = (),
+    *,
+    freeze: bool = True,
+    register: Sequence[Sequence[str]] = (),
+    require_files: bool = False,
+    check_num_classes: bool = False,
 ) -> CfgNode:
     """Detectron2's cfg with the DETA keys, the yaml merged, then the overrides; the datasets of
     ``DATASETS.COCO_REGISTER`` registered and ``MODEL.DETA.NUM_CLASSES -1`` resolved from
-    ``DATASETS.TRAIN`` (when set; a positive value is not checked against it here, since tools
-    that only run a model may keep a config's training set they do not have).
+    ``DATASETS.TRAIN`` (when set).
+
+    Args:
+        register: extra ``[name, json, image_root]`` entries (``train_net.py --register``),
+            appended to ``DATASETS.COCO_REGISTER`` so that the written config.yaml reproduces
+            the run and every launched worker registers them too.
+        require_files: registered json files and image folders must exist now.
+        check_num_classes: a positive ``NUM_CLASSES`` must agree with the training set.
+            Both are off by default, for tools that only run a model: they may be given a
+            training run's config on a machine without that run's data. train_net.py is strict.
 
     Raises:
         CliError: the file is missing, or a key or value is wrong (named in the message).
@@ -81,12 +95,12 @@ def build_cfg(
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         fail(f"config override: {_message(e)}")
+    if register:
+        cfg.DATASETS.COCO_REGISTER = [*cfg.DATASETS.COCO_REGISTER, *[list(t) for t in register]]
     try:
-        # Lenient about missing files: a tool that only runs a model may be given a training
-        # run's config on a machine without that run's data. train_net.py is strict.
-        register_from_config(cfg, require_files=False)
-        if cfg.DATASETS.TRAIN:
-            resolve_num_classes(cfg, check=False)
+        register_from_config(cfg, require_files=require_files)
+        if check_num_classes or cfg.DATASETS.TRAIN or cfg.MODEL.DETA.NUM_CLASSES == -1:
+            resolve_num_classes(cfg, check=check_num_classes)
     except (DatasetConfigError, DatasetError) as e:
         fail(str(e))
     if freeze:

@@ -290,7 +290,7 @@ class TestTrainNetRegister(RegisterCase):
 
     def test_mismatch_stops_setup_but_not_eval_only(self):
         args = self.parse("--register", *self.triple(), "DATASETS.TRAIN", f"('{PREFIX}train',)")
-        with self.assertRaisesRegex(DatasetConfigError, f"is 6 but {PREFIX}train has 3 categor"):
+        with self.assertRaisesRegex(CliError, f"is 6 but {PREFIX}train has 3 categor"):
             self.train_net.setup(args)
         args.eval_only = True
         self.assertEqual(self.train_net.setup(args).MODEL.DETA.NUM_CLASSES, 6)

@@ -11,17 +11,10 @@ def parse_size(text: str):
 
 
 def build_cfg(config_file: str, opts, device: str):
-    from detectron2.config import get_cfg
+    """The project's shared cfg builder (one-line errors), on ``device``."""
+    from deta.utils.cli import build_cfg as shared_build_cfg
 
-    from deta import add_deta_config
-
-    cfg = get_cfg()
-    add_deta_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts or []))
-    cfg.MODEL.DEVICE = device
-    cfg.freeze()
-    return cfg
+    return shared_build_cfg(config_file, [*(opts or []), "MODEL.DEVICE", device])
 
 
 def build_model(cfg, weights=None, seed: int = 0):
