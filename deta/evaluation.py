@@ -40,4 +40,31 @@ def build_coco_evaluator(
         kwargs["max_dets_per_image"] = cfg.TEST.DETECTIONS_PER_IMAGE
     if "use_fast_impl" in params:
         kwargs["use_fast_impl"] = has_fast_coco_eval()
-    return COCOEvaluator(dataset_name, **kwargs)
+    evaluator = COCOEvaluator(dataset_name, **kwargs)
+    _fill_missing_areas(evaluator, dataset_name)
+    return evaluator
+
+
+def _fill_missing_areas(evaluator: COCOEvaluator, dataset_name: str) -> None:
+    """Give ground-truth annotations without ``area`` their box area.
+
+    pycocotools reads ``area`` for the small/medium/large ranges (and for every AP, through the
+    area-range filter) and raises ``KeyError: 'area'`` without it, after the whole inference
+    has run. Many hand-made or converted jsons omit it; for a box detector the box area is the
+    natural value (pycocotools gives bbox results the same).
+    """
+    coco = getattr(evaluator, "_coco_api", None)
+    if coco is None:  # a Detectron2 whose evaluator keeps it elsewhere: leave it as it is
+        return
+    missing = [a for a in coco.dataset.get("annotations", []) if "area" not in a]
+    if not missing:
+        return
+    for ann in missing:
+        ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    coco.createIndex()
+    logger.warning(
+        "%s: %d of its ground-truth annotations have no 'area'; using their box area (w * h) "
+        "for the COCO evaluation",
+        dataset_name,
+        len(missing),
+    )

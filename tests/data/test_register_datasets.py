@@ -254,6 +254,42 @@ class TestNumClasses(RegisterCase):
         self.assertEqual(resolve_num_classes(base), 80)
 
 
+class TestEvaluationWithoutArea(RegisterCase):
+    def test_missing_areas_become_box_areas(self):
+        from detectron2.structures import Boxes, BoxMode, Instances
+
+        from deta.data.datasets import register_deta_coco_instances
+        from deta.evaluation import build_coco_evaluator
+
+        with open(self.json_file) as f:
+            data = json.load(f)
+        for ann in data["annotations"]:
+            del ann["area"]
+        no_area = self.path("no_area.json")
+        with open(no_area, "w") as f:
+            json.dump(data, f)
+        name = PREFIX + "no_area"
+        register_deta_coco_instances(name, {}, no_area, self.image_root)
+        cfg = deta_cfg("OUTPUT_DIR", self.path("eval"))
+        with self.assertLogs("deta.evaluation", "WARNING") as logs:
+            evaluator = build_coco_evaluator(cfg, name, self.path("eval"))
+        n = len(data["annotations"])
+        self.assertIn(f"{n} of its ground-truth annotations have no 'area'", logs.output[0])
+        areas = [a["area"] for a in evaluator._coco_api.dataset["annotations"]]
+        self.assertEqual(areas, [30.0 * 40.0] * n)
+        # The ground truth itself as predictions: every box found, AP 100.
+        evaluator.reset()
+        for record in DatasetCatalog.get(name):
+            inst = Instances((record["height"], record["width"]))
+            boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                     for a in record["annotations"]]  # fmt: skip
+            inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+            inst.scores = torch.ones(len(boxes))
+            inst.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]])
+            evaluator.process([{"image_id": record["image_id"]}], [{"instances": inst}])
+        self.assertAlmostEqual(evaluator.evaluate()["bbox"]["AP"], 100.0, places=3)
+
+
 class TestTrainNetRegister(RegisterCase):
     @classmethod
     def setUpClass(cls):
