@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmarks of DETA: ``python tools/benchmark.py MODE ...`` with MODE one of ``inference``,
-``train``, ``op``, ``assign``, ``breakdown``, ``ap`` (``--help`` for each).
+``train``, ``op``, ``assign``, ``breakdown``, ``roofline``, ``ap`` (``--help`` for each).
 
 The modes, the harness and the examples are in ``tools/benchmarking`` (its ``__init__``
 describes them); this file is the entry point, for the command line and for the measuring

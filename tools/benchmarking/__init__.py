@@ -8,21 +8,29 @@ Modes (subcommands):
   end-to-end ``model(batched_inputs)`` on uint8 images (normalisation, padding, NMS post-process),
   latency percentiles and peak memory. Every configuration runs in a fresh subprocess so its peak
   memory is its own. ``--peer hf`` times Hugging Face ``DetaForObjectDetection`` (same config,
-  random init) on the same input in the same run; ``--check`` compares our outputs with the
-  unoptimised path (grid_sample reference op, autograd on: no oneDNN fast path).
+  random init) on the same input in the same run; ``--peer official --official-src PATH`` times
+  the official DETA code of a source checkout (its pure-PyTorch deformable attention) with the
+  same weights as ours (its random init, converted); ``--check`` compares our outputs with the
+  unoptimised path (grid_sample reference op, autograd on: no oneDNN fast path) and, with
+  ``--peer official``, with the official outputs.
 - ``train``: iterations/s and peak memory of forward + backward + optimizer step on synthetic
-  images with random boxes.
+  images with random boxes; ``--peer hf`` trains Hugging Face ``DetaForObjectDetection`` (same
+  config, same batch and labels, our optimizer groups and clipping) in the same run.
 - ``op``: the deformable-attention kernels against the PyTorch reference (runs
   ``tools/benchmark_ms_deform_attn.py``).
 - ``assign``: Stage1Assigner / Stage2Assigner against HungarianMatcher per image.
 - ``breakdown``: time per model stage from the ``record_function`` scopes of the model, and the
   most expensive ops, under ``torch.profiler``.
+- ``roofline``: per stage of one CPU inference (batch 1), its FLOPs (fvcore, charged to the same
+  scopes, in real FLOPs: 2 per multiply-add), measured time, GFLOP/s and fraction of the
+  machine's measured GEMM peak, and the stages sorted by their gap to the time at that peak.
 - ``ap``: COCO AP of a trained model (default: the ``tools/run_demo.py`` model on the synthetic
   val set) in fp32 and under bf16/fp16 autocast.
 
 Every mode prints a table, optionally writes ``--json``, and records the machine (CPU model,
 cores), threads, torch, the ``deta._C`` build and the load average (``os.getloadavg``) before and
 after each measurement: on a shared machine the load says how far to trust the numbers.
+``--probe-machine`` adds the measured fp32/bf16 GEMM GFLOP/s and copy GB/s (``machine``).
 
 Examples::
 
@@ -31,13 +39,15 @@ Examples::
     python tools/benchmark.py inference --skip-e2e --image-sizes 512x683 800x1201 \\
         --num-queries 300 900 --batch-sizes 1
     python tools/benchmark.py breakdown --iters 2
-    python tools/benchmark.py train --image-size 512x683 --batch-size 2
+    python tools/benchmark.py roofline --iters 2 --dtype bf16
+    python tools/benchmark.py train --image-size 512x683 --batch-sizes 2 --peer hf
     python tools/benchmark.py assign
     python tools/benchmark.py op --iters 5
     python tools/benchmark.py ap --dtype fp32 bf16
 
 Layout: ``cli`` (flags, dispatch), ``harness`` (machine info, timing, memory, worker
-subprocesses), ``models`` (config, model, synthetic inputs), ``tables``, ``peer_hf`` (the Hugging
-Face peer), ``parity`` (``--check``) and one module per mode. The entry point is
+subprocesses), ``machine`` (the peak probe), ``models`` (config, model, synthetic inputs),
+``tables``, ``peer_hf`` (the Hugging Face peer), ``peer_official`` (the official code), ``parity``
+(``--check``) and one module per mode. The entry point is
 ``tools/benchmark.py``; workers run as ``tools/benchmark.py _worker NAME JSON``.
 """

@@ -27,35 +27,44 @@ TOP_LEVEL = [s for s, _ in STAGES if not s.startswith(" ")]
 OTHER = "other (outside the scopes)"
 
 
-def mode_breakdown(args) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-
-    device, _, model, amp = worker_model(vars(args))
-    h, w = parse_size(args.image_size)
-    x, mask = forward_inputs(model, synthetic_image(h, w, args.seed), args.batch_size)
-    sizes = [(h, w)] * args.batch_size
+def forward_run(model, x, mask, sizes, amp):
+    """One timed inference: ``forward_features`` on the normalised batch and the post-process."""
 
     def run():
         with torch.no_grad(), amp:
             out = model.forward_features(x, mask)
             model.inference(out, sizes)
 
-    plain = time_loop(run, args.warmup, args.iters, device)  # without the profiler
+    return run
+
+
+def profile_stages(run, device, warmup: int, iters: int, top: int = 15) -> dict:
+    """Time ``run`` without the profiler, then per stage (:data:`STAGES`) under it.
+
+    Returns:
+        dict: ``stages`` ([{stage, ms}], ms per iteration of the profiled runs, plus
+        :data:`OTHER`: what the top-level stages leave of the unprofiled mean), ``top_ops``
+        (the ``top`` ops by self CPU time), ``unprofiled`` (``time_loop``), ``profiled_mean_s``,
+        ``loadavg_profiled``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    plain = time_loop(run, warmup, iters, device)  # without the profiler
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     load_start = load_average()
     with profile(activities=activities) as prof:
         t0 = time.perf_counter()
-        for _ in range(args.iters):
+        for _ in range(iters):
             run()
             synchronize(device)
         # The scopes are timed in these iterations, not in the unprofiled ones: their sum is
         # bounded by this wall time, not by the unprofiled total the table shows.
-        profiled_s = (time.perf_counter() - t0) / args.iters
+        profiled_s = (time.perf_counter() - t0) / iters
     load_end = load_average()
     events = {e.key: e for e in prof.key_averages()}
-    n = args.iters
+    n = iters
     stages = []
     for label, scopes in STAGES:
         stage_ms = sum(events[s].cpu_time_total for s in scopes if s in events) / 1e3 / n
@@ -67,14 +76,32 @@ def mode_breakdown(args) -> dict:
         (e for e in prof.key_averages() if not e.key.startswith("deta.")),
         key=lambda e: e.self_cpu_time_total,
         reverse=True,
-    )[: args.top]
+    )[:top]
     ops = [
         {"op": e.key, "self_ms": e.self_cpu_time_total / 1e3 / n, "calls": e.count // n}
         for e in top_ops
     ]
+    return {
+        "stages": stages,
+        "top_ops": ops,
+        "unprofiled": plain,
+        "profiled_mean_s": profiled_s,
+        "loadavg_profiled": [load_start, load_end],
+    }
+
+
+def mode_breakdown(args) -> dict:
+    device, _, model, amp = worker_model(vars(args))
+    h, w = parse_size(args.image_size)
+    x, mask = forward_inputs(model, synthetic_image(h, w, args.seed), args.batch_size)
+    run = forward_run(model, x, mask, [(h, w)] * args.batch_size, amp)
+    result = profile_stages(run, device, args.warmup, args.iters, args.top)
+    stages, ops = result["stages"], result["top_ops"]
+    total = 1e3 * result["unprofiled"]["mean_s"]
+    load_start, load_end = result["loadavg_profiled"]
     print(
         f"{h}x{w}, batch {args.batch_size}, {args.dtype}, {args.threads} threads; "
-        f"mean of {n} profiled iterations; load {load_start} -> {load_end}"
+        f"mean of {args.iters} profiled iterations; load {load_start} -> {load_end}"
     )
     if device.type == "cuda":
         print("note: on CUDA the stage times are host-side (launch) times")
@@ -86,12 +113,4 @@ def mode_breakdown(args) -> dict:
         ["op (self CPU time)", "ms / iter", "calls / iter"],
         [[o["op"], f"{o['self_ms']:.1f}", o["calls"]] for o in ops],
     )
-    return {
-        "image_size": [h, w],
-        "batch_size": args.batch_size,
-        "stages": stages,
-        "top_ops": ops,
-        "unprofiled": plain,
-        "profiled_mean_s": profiled_s,
-        "loadavg_profiled": [load_start, load_end],
-    }
+    return {"image_size": [h, w], "batch_size": args.batch_size, **result}

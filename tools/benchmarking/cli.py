@@ -15,9 +15,12 @@ from tools.benchmarking.assign import mode_assign
 from tools.benchmarking.breakdown import mode_breakdown
 from tools.benchmarking.harness import DTYPES, REPO, load_average, machine_info, print_machine
 from tools.benchmarking.inference import inference_worker, mode_inference
+from tools.benchmarking.machine import print_probe, probe_machine
 from tools.benchmarking.op import mode_op
-from tools.benchmarking.peer_hf import peer_worker
+from tools.benchmarking.peer_hf import peer_train_worker, peer_worker
+from tools.benchmarking.peer_official import official_worker
 from tools.benchmarking.peer_ort import peer_ort_worker
+from tools.benchmarking.roofline import mode_roofline
 from tools.benchmarking.train import mode_train, train_worker
 
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "deta_R_50_5scale_12ep.yaml")
@@ -30,13 +33,16 @@ MODES = {
     "op": mode_op,
     "assign": mode_assign,
     "breakdown": mode_breakdown,
+    "roofline": mode_roofline,
 }
 # What `tools/benchmark.py _worker NAME JSON` runs (harness.run_worker starts these).
 WORKERS = {
     "inference": inference_worker,
     "peer": peer_worker,
     "peer_ort": peer_ort_worker,
+    "peer_official": official_worker,
     "train": train_worker,
+    "peer_train": peer_train_worker,
 }
 
 
@@ -57,6 +63,11 @@ def add_common(p, iters: int, warmup: int, dtypes: bool = False) -> None:
     p.add_argument("--weights", default=None, help="checkpoint; default random weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument(
+        "--probe-machine",
+        action="store_true",
+        help="measure GEMM GFLOP/s and copy GB/s (a few seconds) into the header and JSON",
+    )
     # The old spelling of the overrides, kept so recorded commands (BENCHMARKS.md) still run.
     p.add_argument(
         "--opts",
@@ -99,9 +110,13 @@ def parse_args(argv=None):
     p.add_argument("--skip-e2e", action="store_true", help="forward-only timing")
     p.add_argument(
         "--peer",
-        choices=["hf", "onnxruntime"],
+        choices=["hf", "onnxruntime", "official"],
         default=None,
-        help="also time a peer: HF transformers, or our ONNX export in ONNX Runtime (CPU)",
+        help="also time a peer: HF transformers, our ONNX export in ONNX Runtime (CPU), or the "
+        "official DETA code (--official-src) on the same weights",
+    )
+    p.add_argument(
+        "--official-src", default=None, help="--peer official: a checkout of jozhang97/DETA"
     )
     p.add_argument("--onnx-model", default=None, help="--peer onnxruntime: reuse this export")
     p.add_argument("--peer-path", default=DEFAULT_PEER_PATH, help="folder holding transformers")
@@ -114,6 +129,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[2])
     p.add_argument("--image-size", default="800x1201", help="HxW of every synthetic image")
     p.add_argument("--boxes-per-image", type=int, default=10)
+    p.add_argument("--peer", choices=["hf"], default=None, help="also train HF transformers")
+    p.add_argument("--peer-path", default=DEFAULT_PEER_PATH, help="folder holding transformers")
 
     p = sub.add_parser("op", help="deformable-attention kernels vs the PyTorch reference")
     add_common(p, iters=10, warmup=2)
@@ -131,6 +148,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--image-size", default="800x1201", help="HxW")
     p.add_argument("--top", type=int, default=15, help="ops listed")
+
+    p = sub.add_parser("roofline", help="FLOPs, time and fraction of the GEMM peak per stage")
+    add_common(p, iters=3, warmup=1)
+    p.add_argument("--image-size", default="800x1201", help="HxW")
+    p.set_defaults(probe_machine=True)  # the peak is its limit
 
     p = sub.add_parser("ap", help="COCO AP of a trained model in fp32 vs bf16/fp16 autocast")
     add_common(p, iters=0, warmup=0, dtypes=True)
@@ -161,6 +183,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads, args.device)
     print_machine(info)
+    if args.probe_machine:
+        # Modes that use the peaks (roofline) read them from args.probe.
+        info["probe"] = args.probe = probe_machine(args.threads)
+        print_probe(info["probe"])
     data = MODES[args.mode](args)
     info["loadavg_end"] = load_average()
     print(

@@ -49,6 +49,19 @@ def ext_info() -> dict:
     return info
 
 
+def isa_info() -> dict:
+    """The vector ISA of ATen's kernels and what deta's fast paths found (AVX-512, AMX, bf16)."""
+    from deta import fast_cpu
+
+    caps = fast_cpu.capabilities()
+    return {
+        "aten_capability": caps.aten_capability,
+        "avx512": caps.avx512,
+        "amx": caps.amx,
+        "bf16": caps.bf16,
+    }
+
+
 def machine_info(threads: int, device: str = "cpu") -> dict:
     import torchvision
 
@@ -64,6 +77,7 @@ def machine_info(threads: int, device: str = "cpu") -> dict:
         "torchvision": torchvision.__version__,
         "mkldnn": torch.backends.mkldnn.is_available(),
         "deta_C": ext_info(),
+        "isa": isa_info(),
         "isa_caps": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
         "cpu_fast_paths": {k.strip(): v for k, v in fast_cpu.describe()},
         "device": device,
@@ -86,8 +100,12 @@ def print_machine(info: dict) -> None:
         f"cpu kernel {ext['cpu']}, cuda kernel {ext['cuda']}; device {info['device']}"
         + (f" ({info['gpu']})" if "gpu" in info else "")
     )
+    isa = info["isa"]
     caps = " ".join(f"{k}={v}" for k, v in info["isa_caps"].items()) or "none"
-    print(f"ISA caps in the environment: {caps}")
+    print(
+        f"ISA: ATen {isa['aten_capability']}, AVX-512 {isa['avx512']}, AMX {isa['amx']}, "
+        f"oneDNN bf16 {isa['bf16']}; ISA caps in the environment: {caps}"
+    )
     for name, state in info["cpu_fast_paths"].items():
         print(f"  {name}: {state}")
     print(f"load average (1, 5, 15 min) at start: {info['loadavg']}")

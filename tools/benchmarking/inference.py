@@ -1,12 +1,16 @@
 """``inference``: forward-only FPS (the official method) and end-to-end latency, one fresh
-subprocess per (image size, queries, batch, dtype), optionally with the Hugging Face peer and the
-``--check`` parity result."""
+subprocess per (image size, queries, batch, dtype), optionally with a peer (Hugging Face, ONNX
+Runtime or the official code) and the ``--check`` parity result."""
+
+import os
 
 import torch
 
+from deta.utils.cli import fail
 from tools.benchmarking.harness import base_spec, load_average, measure, run_worker, start_result
 from tools.benchmarking.models import forward_inputs, parse_size, synthetic_image, worker_model
 from tools.benchmarking.parity import parity_check
+from tools.benchmarking.peer_official import check_official_peer, official_check, run_official_pair
 from tools.benchmarking.tables import ms, print_table
 
 
@@ -35,11 +39,18 @@ def inference_worker(spec: dict) -> dict:
     result["shapes"] = {k: list(out[k].shape) for k in ("pred_logits", "pred_boxes")}
     if spec["check"]:
         result["check"] = parity_check(model, x, mask, out, amp, spec["dtype"])
+    if spec.get("official_outputs"):
+        result["official_check"] = official_check(model, x, mask, out, spec["official_outputs"])
     result["loadavg_end"] = load_average()
     return result
 
 
 def mode_inference(args) -> dict:
+    if args.peer == "official":
+        try:
+            check_official_peer(args)
+        except ValueError as e:
+            fail(str(e))
     results = []
     grid = [
         (s, q, b, d)
@@ -61,20 +72,34 @@ def mode_inference(args) -> dict:
         )
         if queries:
             spec["opts"] += ["MODEL.DETA.NUM_QUERIES", str(queries)]
-        ours = run_worker("inference", spec)
         row = {"image_size": size, "batch_size": batch, "num_queries": queries, "dtype": dtype}
-        row["ours"] = ours
-        # The peers are timed in fp32 only; ONNX Runtime at batch 1 only.
-        if args.peer and dtype == "fp32" and (args.peer == "hf" or batch == 1):
-            peer_spec = dict(spec, check=False)
-            peer_spec["warmup"] = args.warmup if args.peer_warmup is None else args.peer_warmup
-            peer_spec["iters"] = args.iters if args.peer_iters is None else args.peer_iters
-            row["peer"] = run_worker("peer" if args.peer == "hf" else "peer_ort", peer_spec)
+        peer_spec = _peer_spec(args, spec, dtype, batch)
+        if peer_spec and args.peer == "official":
+            # The official worker first: ours loads the official random init it converted.
+            peer, row["ours"] = run_official_pair(spec, peer_spec)
+            row["peer"] = peer
+        else:
+            row["ours"] = run_worker("inference", spec)
+            if peer_spec:
+                row["peer"] = run_worker("peer" if args.peer == "hf" else "peer_ort", peer_spec)
         results.append(row)
         _print_row(row)
     print()
     _print_table(results, args)
     return {"results": results}
+
+
+def _peer_spec(args, spec: dict, dtype: str, batch: int):
+    """The peer's worker spec, or None where none runs: peers run in fp32 only, ONNX Runtime at
+    batch 1 only; the official peer's outputs are saved for ``--check``."""
+    if not args.peer or dtype != "fp32" or (args.peer == "onnxruntime" and batch != 1):
+        return None
+    peer_spec = dict(spec, check=args.peer == "official" and spec["check"])
+    peer_spec["warmup"] = args.warmup if args.peer_warmup is None else args.peer_warmup
+    peer_spec["iters"] = args.iters if args.peer_iters is None else args.peer_iters
+    if args.peer == "official":
+        peer_spec["official_src"] = os.path.abspath(args.official_src)
+    return peer_spec
 
 
 def _print_row(row) -> None:
@@ -97,6 +122,15 @@ def _print_row(row) -> None:
             f"{c['max_abs_diff_enc_logits']:.2e}; reference selects the same tokens: "
             f"{100 * c['selected_same_fraction']:.1f}%"
             + (f", pass(1e-4) {c['pass_1e-4']}" if "pass_1e-4" in c else "")
+        )
+    if "official_check" in ours:
+        c = ours["official_check"]
+        print(
+            f"  check vs {c['reference']}: max|d logits| {c['max_abs_diff_pred_logits']:.2e}, "
+            f"max|d boxes| {c['max_abs_diff_pred_boxes']:.2e} (official selection fed), "
+            f"max|d enc logits| {c['max_abs_diff_enc_logits']:.2e}, max|d enc boxes| "
+            f"{c['max_abs_diff_enc_boxes']:.2e}; ours selects the same tokens: "
+            f"{100 * c['selected_same_fraction']:.1f}%"
         )
     peer = row.get("peer")
     if peer and "error" in peer:

@@ -1,10 +1,12 @@
 """``train``: iterations/s and peak memory of forward + backward + optimizer step, on synthetic
-images with random boxes, one fresh subprocess per batch size."""
+images with random boxes, one fresh subprocess per batch size; with ``--peer hf``, Hugging Face
+``DetaForObjectDetection`` trained on the same batch right after ours, in its own subprocess."""
 
 import torch
 
+from deta.utils.cli import CliError
 from tools.benchmarking.harness import base_spec, load_average, measure, run_worker, start_result
-from tools.benchmarking.models import parse_size, synthetic_image, worker_model
+from tools.benchmarking.models import build_cfg, parse_size, synthetic_image, worker_model
 from tools.benchmarking.tables import ms, print_table
 
 
@@ -26,6 +28,30 @@ def synthetic_batch(spec: dict, num_classes: int) -> list:
     return batch
 
 
+def param_fingerprint(optimizer) -> dict:
+    """Per optimizer group, the float64 sum of squares of its parameters (a step changes it)."""
+    with torch.no_grad():
+        return {
+            g["name"]: sum(float(p.double().square().sum()) for p in g["params"])
+            for g in optimizer.param_groups
+        }
+
+
+def measure_step(result: dict, step, optimizer, spec: dict, device: torch.device) -> None:
+    """Time ``step`` (which returns the loss) into ``result``: timings and peak memory, the last
+    loss, the optimizer groups (tensors, lr) and the groups whose parameters the steps changed."""
+    before = param_fingerprint(optimizer)
+    losses = []
+    result["memory_method"], result["step"] = measure(
+        lambda: losses.append(float(step())), spec, device
+    )
+    after = param_fingerprint(optimizer)
+    result["loss"] = losses[-1] if losses else None
+    result["groups"] = {g["name"]: [len(g["params"]), g["lr"]] for g in optimizer.param_groups}
+    result["changed_groups"] = [k for k in before if after[k] != before[k]]
+    result["loadavg_end"] = load_average()
+
+
 def train_worker(spec: dict) -> dict:
     from deta.solver import build_deta_optimizer
 
@@ -40,14 +66,31 @@ def train_worker(spec: dict) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return loss
 
     result = start_result("ours", model, optimizer="build_deta_optimizer")
-    result["memory_method"], result["step"] = measure(step, spec, device)
-    result["loadavg_end"] = load_average()
+    measure_step(result, step, optimizer, spec, device)
     return result
 
 
+def check_peer(args) -> list:
+    """Stop with one line if HF cannot build or run this config and input; else the config
+    values HF hard-codes differently from ours."""
+    from tools.benchmarking import peer_hf  # it imports this module
+
+    cfg = build_cfg(args.config_file, args.opts, args.device)
+    try:
+        peer_hf.hf_backbone_args(cfg)
+    except ValueError as e:
+        raise CliError(f"--peer hf: {args.config_file}: {e}") from None
+    error = peer_hf.hf_token_error(cfg, parse_size(args.image_size))
+    if error:
+        raise CliError(f"--peer hf: {error}")
+    return peer_hf.hf_fixed_differences(cfg)
+
+
 def mode_train(args) -> dict:
+    differences = check_peer(args) if args.peer else []
     results = []
     for batch in args.batch_sizes:
         spec = base_spec(args)
@@ -55,34 +98,61 @@ def mode_train(args) -> dict:
             image_size=parse_size(args.image_size),
             batch_size=batch,
             boxes_per_image=args.boxes_per_image,
+            peer_path=args.peer_path,
         )
-        r = run_worker("train", spec)
-        results.append({"image_size": args.image_size, "batch_size": batch, "ours": r})
-        if "error" in r:
-            print(r["error"])
+        row = {"image_size": args.image_size, "batch_size": batch}
+        row["ours"] = run_worker("train", spec)
+        if args.peer:  # right after ours, so both see about the same load
+            row["peer"] = run_worker("peer_train", spec)
+        results.append(row)
+        for key in ("ours", "peer"):
+            if "error" in row.get(key, {}):
+                print(row[key]["error"])
+    print(
+        f"train step (forward + backward + build_deta_optimizer step), dtype {args.dtype}, "
+        f"{args.threads} threads, {args.boxes_per_image} random boxes per image; peak memory = "
+        + ("cuda.max_memory_allocated" if args.device.startswith("cuda") else "RSS high-water")
+    )
+    header = ["input", "batch", "model", "mean ms", "p50 ms", "it/s", "img/s", "CPU s/it"]
+    header += ["peak MiB"]
+    print_table(header + ["peer/ours ms", "peer/ours MiB", "load"], _rows(results))
+    if args.peer:
+        print(
+            "HF differs: its PyTorch deformable attention (grid_sample) vs our kernel; it is fed "
+            "normalised tensors, ours uint8 images (normalised in the step); it also computes "
+            "cardinality_error; hard-coded values: " + ("; ".join(differences) or "none differ")
+        )
+    return {"results": results, "peer_differences": differences}
+
+
+def _rows(results) -> list:
     rows = []
     for r in results:
-        m = r["ours"]
-        if "error" in m:
-            continue
-        s = m["step"]
-        rows.append(
-            [
-                r["image_size"],
-                r["batch_size"],
-                m["optimizer"],
-                ms(s["mean_s"]),
-                ms(s["p50_s"]),
-                f"{1 / s['mean_s']:.3f}",
-                f"{r['batch_size'] / s['mean_s']:.2f}",
-                f"{s['peak_mib']:.0f}",
-                f"{m['loadavg_start']} -> {m['loadavg_end']}",
-            ]
-        )
-    print(
-        f"train step (forward + backward + optimizer), dtype {args.dtype}, {args.threads} "
-        f"threads, {args.boxes_per_image} random boxes per image"
-    )
-    header = ["input", "batch", "optimizer", "mean ms", "p50 ms", "it/s", "img/s", "peak MiB"]
-    print_table(header + ["load"], rows)
-    return {"results": results}
+        ours = r["ours"].get("step")
+        for key in ("ours", "peer"):
+            m = r.get(key)
+            if not m or "error" in m:
+                continue
+            s = m["step"]
+            ratio = ["-", "-"]
+            if key == "peer" and ours:
+                ratio = [
+                    f"{s['mean_s'] / ours['mean_s']:.2f}x",
+                    f"{s['peak_mib'] / ours['peak_mib']:.2f}x",
+                ]
+            rows.append(
+                [
+                    r["image_size"],
+                    r["batch_size"],
+                    m["impl"],
+                    ms(s["mean_s"]),
+                    ms(s["p50_s"]),
+                    f"{1 / s['mean_s']:.3f}",
+                    f"{r['batch_size'] / s['mean_s']:.2f}",
+                    f"{s['cpu_s']:.2f}",
+                    f"{s['peak_mib']:.0f}",
+                    *ratio,
+                    f"{m['loadavg_start']} -> {m['loadavg_end']}",
+                ]
+            )
+    return rows
