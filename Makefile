@@ -36,13 +36,15 @@ $(STAMPS)/deta: $(STAMPS)/deps setup.py $(CSRC)
 test: setup
 	$(BIN)/python -m pytest tests
 
-# The parity, fast-path and kernel tests again with oneDNN and ATen capped at AVX2: on an
-# AVX-512/AMX machine they then run as on an AVX2-only CPU (no oneDNN bf16, no AMX).
+# The parity, fast-path and kernel tests again with oneDNN, ATen and MKL capped at AVX2: on an
+# AVX-512/AMX machine they then run as on an AVX2-only CPU (no oneDNN bf16, no AMX). MKL too:
+# torch's fp32 matmul/addmm goes to MKL's sgemm, which the other two variables do not reach.
 CPU_CLASS_TESTS := tests/modeling/test_golden_parity.py tests/modeling/test_fast_cpu_inference.py \
 	tests/modeling/test_resnet_fast_cpu.py tests/modeling/test_deta_e2e.py \
 	tests/layers/test_ms_deform_attn.py
 test-avx2: setup
-	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest $(CPU_CLASS_TESTS)
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+		$(BIN)/python -m pytest $(CPU_CLASS_TESTS)
 
 lint: $(STAMPS)/deps
 	$(BIN)/ruff check .
