@@ -24,13 +24,7 @@ from detectron2.utils import comm
 
 import deta  # noqa: F401  registers the DETA meta-architecture and the synthetic datasets
 from deta import DetaDatasetMapper
-from deta.engine import (
-    DetaCheckpointer,
-    add_nonfinite_loss_check,
-    cpu_safe_ddp,
-    flush_denormals,
-    launch,
-)
+from deta.engine import DetaCheckpointer, add_nonfinite_loss_check, cpu_safe_ddp, launch
 from deta.evaluation import build_coco_evaluator
 from deta.solver import build_deta_optimizer
 from deta.utils.cli import build_cfg, run_main
@@ -111,7 +105,6 @@ def setup(args):
 
 def main(args):
     """Per-process entry point: evaluate (``--eval-only``) or train, returning the results."""
-    flush_denormals()  # in every intra-op thread (launch has set their number)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

@@ -2,7 +2,6 @@
 ``deta.checkpoint``) the safe checkpointer."""
 
 from ..checkpoint import DetaCheckpointer, check_finite_state
-from .denormals import flush_denormals
 from .hooks import add_nonfinite_loss_check
 from .launch import cpu_safe_ddp, create_ddp_model, launch, launched_by_torchrun
 
@@ -12,7 +11,6 @@ __all__ = [
     "check_finite_state",
     "cpu_safe_ddp",
     "create_ddp_model",
-    "flush_denormals",
     "launch",
     "launched_by_torchrun",
 ]

@@ -219,15 +219,8 @@ def start_result(impl: str, model, **extra) -> dict:
 
 
 def worker_setup(spec: dict) -> torch.device:
-    """Threads and device of a measurement; ``spec`` is a worker spec or ``vars(args)``.
-
-    Denormals flush to zero in every worker, ours and the peers', as in train_net.py (unless
-    ``$DETA_FLUSH_DENORMAL`` is 0).
-    """
-    from deta.engine import flush_denormals
-
+    """Threads and device of a measurement; ``spec`` is a worker spec or ``vars(args)``."""
     torch.set_num_threads(spec["threads"])
-    flush_denormals()
     return torch.device(spec["device"])
 
 

@@ -1,11 +1,7 @@
-// Python bindings of deta._C: the multi-scale deformable attention op, the
-// build information reported by deta.utils.collect_env, and flush-to-zero for
-// every intra-op thread (deta.engine.flush_denormals).
-#include <ATen/Context.h>
-#include <ATen/Parallel.h>
+// Python bindings of deta._C: the multi-scale deformable attention op and the
+// build information reported by deta.utils.collect_env.
 #include <torch/extension.h>
 
-#include <atomic>
 #include <sstream>
 #include <string>
 
@@ -53,23 +49,6 @@ std::string get_compiler_version() {
   return oss.str();
 }
 
-// torch.set_flush_denormal sets the calling thread's floating-point mode only;
-// the threads of ATen's intra-op pool do not inherit it. One parallel_for index
-// per pool thread (ATen gives each thread one contiguous chunk) sets it in each.
-// Returns how many of the get_num_threads() chunks could set it.
-int64_t set_flush_denormal_all_threads(bool on) {
-  std::atomic<int64_t> done{0};
-  at::globalContext().setFlushDenormal(on);
-  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      if (at::globalContext().setFlushDenormal(on)) {
-        ++done;
-      }
-    }
-  });
-  return done.load();
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "ms_deform_attn_forward",
@@ -94,12 +73,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("grad_output"),
       py::arg("im2col_step"));
   m.def("has_cuda", &has_cuda, "Whether deta._C was built with CUDA kernels");
-  m.def(
-      "set_flush_denormal_all_threads",
-      &set_flush_denormal_all_threads,
-      "Flush-to-zero on or off in this thread and every intra-op pool thread; "
-      "returns how many pool threads took it",
-      py::arg("on"));
   m.def(
       "cpu_kernel_isa",
       &cpu_kernel_isa,
