@@ -28,6 +28,7 @@ from deta.engine import DetaCheckpointer, add_nonfinite_loss_check, cpu_safe_ddp
 from deta.evaluation import build_coco_evaluator
 from deta.solver import build_deta_optimizer
 from deta.utils.cli import build_cfg, run_main
+from deta.utils.compile import compile_model
 
 # Detectron2 v0.6's DefaultTrainer checkpoints neither the optimizer nor the AMP scaler, so
 # --resume restarted AdamW from zero moments; later versions store them under "_trainer".
@@ -65,7 +66,8 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg):
         model = super().build_model(cfg)
         add_nonfinite_loss_check(model)
-        return model
+        # In place and before any DDP wrap: state-dict keys stay those of the eager model.
+        return compile_model(model, cfg.MODEL.DETA.COMPILE)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -12,10 +12,12 @@ from detectron2.utils.logger import log_first_n
 
 from .layers.ms_deform_attn_func import MSDA_IMPLS
 
-__all__ = ["NUM_CLASSES_FROM_DATA", "add_deta_config", "check_deta_config"]
+__all__ = ["COMPILE_MODES", "NUM_CLASSES_FROM_DATA", "add_deta_config", "check_deta_config"]
 
 # MODEL.DETA.NUM_CLASSES value meaning "the number of thing_classes of DATASETS.TRAIN".
 NUM_CLASSES_FROM_DATA = -1
+# The torch.compile modes MODEL.DETA.COMPILE takes besides "" (eager); see deta.utils.compile.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def add_deta_config(cfg: CN) -> None:
@@ -52,6 +54,11 @@ def add_deta_config(cfg: CN) -> None:
     d.ASSIGN_FIRST_STAGE = True  # [--assign_first_stage]: Stage1Assigner + proposal NMS selection
     d.ASSIGN_SECOND_STAGE = True  # [--assign_second_stage]: Stage2Assigner (+ NMS_ON_TEST)
     d.MSDA_IMPL = "auto"  # deformable-attention kernel: auto | pytorch | cpp (| cuda)
+    # torch.compile (inductor) of the backbone + transformer forward, applied by train_net.py and
+    # tools/benchmark.py (deta.utils.compile.compile_model elsewhere): "" eager, or a mode:
+    # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs. Opt-in: the first
+    # forward (and backward) of each input size compiles for minutes on CPU.
+    d.COMPILE = ""
 
     d.STAGE1 = CN()  # encoder proposals vs. fixed anchors [Stage1Assigner]
     d.STAGE1.IOU_THRESHOLDS = [0.3, 0.7]  # [t_low, t_high]
@@ -162,6 +169,12 @@ def check_deta_config(cfg) -> None:
         "refinement heads)",
     )
     _require(d.MSDA_IMPL in MSDA_IMPLS, "MSDA_IMPL", d.MSDA_IMPL, f"must be one of {MSDA_IMPLS}")
+    _require(
+        d.COMPILE == "" or d.COMPILE in COMPILE_MODES,
+        "COMPILE",
+        d.COMPILE,
+        f"must be '' (eager) or a torch.compile mode, one of {COMPILE_MODES}",
+    )
     for stage in ("STAGE1", "STAGE2"):
         _check_assigner(d[stage], stage)
     _check_selection_and_nms(d)

@@ -13,6 +13,7 @@ from deta.utils.cli import add_config_args
 from tools.benchmarking.ap import mode_ap
 from tools.benchmarking.assign import mode_assign
 from tools.benchmarking.breakdown import mode_breakdown
+from tools.benchmarking.compiling import add_compile_arg
 from tools.benchmarking.harness import DTYPES, REPO, load_average, machine_info, print_machine
 from tools.benchmarking.inference import inference_worker, mode_inference
 from tools.benchmarking.machine import print_probe, probe_machine
@@ -123,6 +124,7 @@ def parse_args(argv=None):
     p.add_argument("--peer-iters", type=int, default=None, help="default: --iters")
     p.add_argument("--peer-warmup", type=int, default=None, help="default: --warmup")
     p.add_argument("--check", action="store_true", help="compare outputs with the unoptimised path")
+    add_compile_arg(p)
 
     p = sub.add_parser("train", help="training iterations/s and peak memory")
     add_common(p, iters=5, warmup=2)
@@ -130,6 +132,7 @@ def parse_args(argv=None):
     p.add_argument("--image-size", default="800x1201", help="HxW of every synthetic image")
     p.add_argument("--boxes-per-image", type=int, default=10)
     p.add_argument("--peer", choices=["hf"], default=None, help="also train HF transformers")
+    add_compile_arg(p)
     p.add_argument("--peer-path", default=DEFAULT_PEER_PATH, help="folder holding transformers")
 
     p = sub.add_parser("op", help="deformable-attention kernels vs the PyTorch reference")

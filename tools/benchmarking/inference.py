@@ -7,6 +7,7 @@ import os
 import torch
 
 from deta.utils.cli import fail
+from tools.benchmarking import compiling
 from tools.benchmarking.harness import base_spec, load_average, measure, run_worker, start_result
 from tools.benchmarking.models import forward_inputs, parse_size, synthetic_image, worker_model
 from tools.benchmarking.parity import parity_check
@@ -15,7 +16,8 @@ from tools.benchmarking.tables import ms, print_table
 
 
 def inference_worker(spec: dict) -> dict:
-    device, _, model, amp = worker_model(spec)
+    device, cfg, model, amp = worker_model(spec)
+    probe = compiling.CompileProbe(model, cfg, spec, device)
     h, w = spec["image_size"]
     batch = spec["batch_size"]
     image = synthetic_image(h, w, spec["seed"])
@@ -31,16 +33,20 @@ def inference_worker(spec: dict) -> dict:
         with torch.no_grad(), amp:
             return model(batched)
 
+    probe.first_call(forward)  # apart from the steady state: it compiles
     result["memory_method"], result["forward"] = measure(forward, spec, device)
     if not spec["skip_e2e"]:
         _, result["e2e"] = measure(end_to_end, spec, device)
         result["detections"] = len(end_to_end()[0]["instances"])
+    result["compile"] = probe.finish()
     out = forward()
     result["shapes"] = {k: list(out[k].shape) for k in ("pred_logits", "pred_boxes")}
-    if spec["check"]:
-        result["check"] = parity_check(model, x, mask, out, amp, spec["dtype"])
-    if spec.get("official_outputs"):
-        result["official_check"] = official_check(model, x, mask, out, spec["official_outputs"])
+    with compiling.eager(model):  # the checks' references run eagerly
+        if spec["check"]:
+            result["check"] = parity_check(model, x, mask, out, amp, spec["dtype"])
+        if spec.get("official_outputs"):
+            official = spec["official_outputs"]
+            result["official_check"] = official_check(model, x, mask, out, official)
     result["loadavg_end"] = load_average()
     return result
 
@@ -52,15 +58,18 @@ def mode_inference(args) -> dict:
         except ValueError as e:
             fail(str(e))
     results = []
+    modes = compiling.compile_modes(args)
     grid = [
-        (s, q, b, d)
+        (s, q, b, d, c)
         for s in args.image_sizes
         for q in args.num_queries
         for b in args.batch_sizes
         for d in args.dtypes  # adjacent in time, so their comparison sees the same load
+        for c in modes
     ]
-    for size, queries, batch, dtype in grid:
+    for size, queries, batch, dtype, mode in grid:
         spec = base_spec(args)
+        spec["compile"] = mode
         spec.update(
             dtype=dtype,
             image_size=parse_size(size),
@@ -73,7 +82,8 @@ def mode_inference(args) -> dict:
         if queries:
             spec["opts"] += ["MODEL.DETA.NUM_QUERIES", str(queries)]
         row = {"image_size": size, "batch_size": batch, "num_queries": queries, "dtype": dtype}
-        peer_spec = _peer_spec(args, spec, dtype, batch)
+        # The peer once per configuration, with the first compile mode.
+        peer_spec = _peer_spec(args, spec, dtype, batch) if mode == modes[0] else None
         if peer_spec and args.peer == "official":
             # The official worker first: ours loads the official random init it converted.
             peer, row["ours"] = run_official_pair(spec, peer_spec)
@@ -86,6 +96,8 @@ def mode_inference(args) -> dict:
         _print_row(row)
     print()
     _print_table(results, args)
+    keys = ("image_size", "batch_size", "num_queries", "dtype")
+    compiling.print_ratios(results, keys, ("forward", "e2e"))
     return {"results": results}
 
 
@@ -108,9 +120,10 @@ def _print_row(row) -> None:
     if "error" in ours:
         print(ours["error"])
         return
-    f = ours["forward"]
+    f, c = ours["forward"], ours["compile"]
     print(
-        f"[{row['image_size']} b{row['batch_size']} q{row['num_queries'] or 'cfg'} {row['dtype']}] "
+        f"[{row['image_size']} b{row['batch_size']} q{row['num_queries'] or 'cfg'} {row['dtype']}"
+        f"{' compile=' + c['mode'] if c['mode'] else ''}] first call {c['first_call_s']:.1f} s, "
         f"forward mean {ms(f['mean_s'])} ms, load {ours['loadavg_start']} -> {ours['loadavg_end']}"
     )
     if "check" in ours:
@@ -163,7 +176,7 @@ def _print_table(results, args) -> None:
                     r["batch_size"],
                     r["num_queries"] or "cfg",
                     r["dtype"],
-                    "ours" if key == "ours" else m["impl"],
+                    compiling.label(m),
                     f"{f['warmup']}+{f['iters']}",
                     ms(f["mean_s"]),
                     ms(f["p50_s"]),

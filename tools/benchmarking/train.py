@@ -5,6 +5,7 @@ images with random boxes, one fresh subprocess per batch size; with ``--peer hf`
 import torch
 
 from deta.utils.cli import CliError
+from tools.benchmarking import compiling
 from tools.benchmarking.harness import base_spec, load_average, measure, run_worker, start_result
 from tools.benchmarking.models import build_cfg, parse_size, synthetic_image, worker_model
 from tools.benchmarking.tables import ms, print_table
@@ -56,6 +57,7 @@ def train_worker(spec: dict) -> dict:
     from deta.solver import build_deta_optimizer
 
     device, cfg, model, amp = worker_model(spec, train=True)
+    probe = compiling.CompileProbe(model, cfg, spec, device)
     optimizer = build_deta_optimizer(cfg, model)
     batch = synthetic_batch(spec, cfg.MODEL.DETA.NUM_CLASSES)
 
@@ -69,7 +71,9 @@ def train_worker(spec: dict) -> dict:
         return loss
 
     result = start_result("ours", model, optimizer="build_deta_optimizer")
+    probe.first_call(step)  # apart from the steady state: it compiles
     measure_step(result, step, optimizer, spec, device)
+    result["compile"] = probe.finish()
     return result
 
 
@@ -92,8 +96,10 @@ def check_peer(args) -> list:
 def mode_train(args) -> dict:
     differences = check_peer(args) if args.peer else []
     results = []
-    for batch in args.batch_sizes:
+    modes = compiling.compile_modes(args)
+    for batch, mode in ((b, c) for b in args.batch_sizes for c in modes):
         spec = base_spec(args)
+        spec["compile"] = mode
         spec.update(
             image_size=parse_size(args.image_size),
             batch_size=batch,
@@ -102,7 +108,7 @@ def mode_train(args) -> dict:
         )
         row = {"image_size": args.image_size, "batch_size": batch}
         row["ours"] = run_worker("train", spec)
-        if args.peer:  # right after ours, so both see about the same load
+        if args.peer and mode == modes[0]:  # right after ours, so both see about the same load
             row["peer"] = run_worker("peer_train", spec)
         results.append(row)
         for key in ("ours", "peer"):
@@ -116,6 +122,7 @@ def mode_train(args) -> dict:
     header = ["input", "batch", "model", "mean ms", "p50 ms", "it/s", "img/s", "CPU s/it"]
     header += ["peak MiB"]
     print_table(header + ["peer/ours ms", "peer/ours MiB", "load"], _rows(results))
+    compiling.print_ratios(results, ("image_size", "batch_size"), ("step",))
     if args.peer:
         print(
             "HF differs: its PyTorch deformable attention (grid_sample) vs our kernel; it is fed "
@@ -144,7 +151,7 @@ def _rows(results) -> list:
                 [
                     r["image_size"],
                     r["batch_size"],
-                    m["impl"],
+                    compiling.label(m),
                     ms(s["mean_s"]),
                     ms(s["p50_s"]),
                     f"{1 / s['mean_s']:.3f}",
