@@ -128,7 +128,8 @@ def compile_model(
     model.forward_features = CompiledForwardFeatures(model, mode, dynamic, backend)
     logger.info(
         f"MODEL.DETA.COMPILE={mode!r}: DETA.forward_features is torch.compile'd "
-        f"(backend {backend}, dynamic={dynamic}); the first forward of each kind compiles"
+        f"(backend {backend}, dynamic={dynamic}); the first forward of each kind compiles, and "
+        "multi-scale training (input sizes changing per batch) can compile for many minutes on CPU"
     )
     return model
 
