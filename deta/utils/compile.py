@@ -110,8 +110,10 @@ def compile_model(
         mode (str): "" leaves the model eager (undoing an earlier compile); otherwise one of
             :data:`COMPILE_MODES`.
         dynamic (bool or None): ``torch.compile``'s ``dynamic``. None (PyTorch's default): the
-            first input size compiles with static sizes, a second one recompiles once with
-            symbolic sizes that then serve every size. True: symbolic from the first call.
+            first input size compiles with static sizes, and each later change makes the
+            dimension that changed symbolic with one more recompile (height, then width: two
+            recompiles in multi-scale training, ~2 min each on 2 CPU cores). True: symbolic
+            from the first call.
         backend (str): ``torch.compile`` backend; "aot_eager" traces forward and backward
             without generating code (for debugging and fast tests).
 
