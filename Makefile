@@ -41,7 +41,7 @@ test: setup
 # torch's fp32 matmul/addmm goes to MKL's sgemm, which the other two variables do not reach.
 CPU_CLASS_TESTS := tests/modeling/test_golden_parity.py tests/modeling/test_fast_cpu_inference.py \
 	tests/modeling/test_resnet_fast_cpu.py tests/modeling/test_deta_e2e.py \
-	tests/layers/test_ms_deform_attn.py
+	tests/layers/test_ms_deform_attn.py tests/modeling/test_backbone_train_dtype.py
 test-avx2: setup
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
 		$(BIN)/python -m pytest $(CPU_CLASS_TESTS)

@@ -75,6 +75,7 @@ class DETA(nn.Module):
         pre_nms_topk_test: int = 10000,
         nms_thresh_test: float = 0.7,
         detections_per_image: int = 100,
+        backbone_train_dtype: str = "float32",
     ):
         super().__init__()
         # Registration order mirrors the official model so state_dict keys read the same.
@@ -91,6 +92,8 @@ class DETA(nn.Module):
         self.pre_nms_topk_test = pre_nms_topk_test
         self.nms_thresh_test = nms_thresh_test
         self.detections_per_image = detections_per_image
+        self.backbone_train_dtype = backbone_train_dtype
+        self._warned_backbone_dtype = False
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -146,6 +149,7 @@ class DETA(nn.Module):
             "pre_nms_topk_test": d.PRE_NMS_TOPK_TEST,
             "nms_thresh_test": d.NMS_THRESH_TEST,
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "backbone_train_dtype": d.BACKBONE_TRAIN_DTYPE,
         }
 
     @property
@@ -232,11 +236,38 @@ class DETA(nn.Module):
         dtype = fast_cpu.compute_dtype(images, self, op="conv")
         if dtype is not None:  # CPU inference: NHWC, the fused ResNet where it applies
             return fast_cpu.backbone_forward(self.backbone, images, dtype)
-        if self.training and images.device.type == "cpu":
+        if not self.training:
+            return self.backbone(images)
+        if images.device.type == "cpu":
             # oneDNN convolutions are native NHWC: with NCHW every conv and its backward reorder
             # their tensors (interleaved A/B, R-18 demo step: ~8% of the step). Layout only.
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.backbone(images)
+        if self._backbone_autocast(images.device) is None:
+            return self.backbone(images)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+            features = self.backbone(images)
+        return {k: v.float() for k, v in features.items()}
+
+    def _backbone_autocast(self, device: torch.device):
+        """bfloat16 when MODEL.DETA.BACKBONE_TRAIN_DTYPE asks for it and ``device`` runs it
+        natively; None (float32) otherwise, with a warning the first time bf16 is refused."""
+        if self.backbone_train_dtype != "bfloat16":
+            return None
+        if device.type == "cpu":
+            caps = fast_cpu.capabilities()
+            ok, reason = caps.bf16, caps.reasons.get("bf16", "no oneDNN bf16")
+        elif device.type == "cuda":
+            ok, reason = torch.cuda.is_bf16_supported(), "this GPU has no bfloat16 support"
+        else:
+            ok, reason = False, f"no bfloat16 autocast path for {device.type!r} here"
+        if not ok and not self._warned_backbone_dtype:
+            self._warned_backbone_dtype = True
+            logger.warning(
+                "MODEL.DETA.BACKBONE_TRAIN_DTYPE='bfloat16': %s; the backbone trains in "
+                "float32 (emulated bf16 would be slower)",
+                reason,
+            )
+        return torch.bfloat16 if ok else None
 
     def predict(self, hs: torch.Tensor, init_reference: torch.Tensor, inter_references):
         """Class logits and boxes of every decoder layer: lists of (B, Q, K) and (B, Q, 4).
