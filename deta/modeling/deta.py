@@ -242,17 +242,17 @@ class DETA(nn.Module):
             # oneDNN convolutions are native NHWC: with NCHW every conv and its backward reorder
             # their tensors (interleaved A/B, R-18 demo step: ~8% of the step). Layout only.
             images = images.contiguous(memory_format=torch.channels_last)
-        if self._backbone_autocast(images.device) is None:
+        if not self._backbone_in_bf16(images.device):
             return self.backbone(images)
         with torch.autocast(images.device.type, dtype=torch.bfloat16):
             features = self.backbone(images)
         return {k: v.float() for k, v in features.items()}
 
-    def _backbone_autocast(self, device: torch.device):
-        """bfloat16 when MODEL.DETA.BACKBONE_TRAIN_DTYPE asks for it and ``device`` runs it
-        natively; None (float32) otherwise, with a warning the first time bf16 is refused."""
+    def _backbone_in_bf16(self, device: torch.device) -> bool:
+        """Whether MODEL.DETA.BACKBONE_TRAIN_DTYPE asks for bfloat16 and ``device`` runs it
+        natively; a warning the first time it is refused (per model, so tests see it)."""
         if self.backbone_train_dtype != "bfloat16":
-            return None
+            return False
         if device.type == "cpu":
             caps = fast_cpu.capabilities()
             ok, reason = caps.bf16, caps.reasons.get("bf16", "no oneDNN bf16")
@@ -267,7 +267,7 @@ class DETA(nn.Module):
                 "float32 (emulated bf16 would be slower)",
                 reason,
             )
-        return torch.bfloat16 if ok else None
+        return ok
 
     def predict(self, hs: torch.Tensor, init_reference: torch.Tensor, inter_references):
         """Class logits and boxes of every decoder layer: lists of (B, Q, K) and (B, Q, 4).
