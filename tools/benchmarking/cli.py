@@ -10,6 +10,7 @@ import torch
 
 import tools.benchmarking as package
 from deta.utils.cli import add_config_args
+from tools.benchmarking.ab import ab_train_worker
 from tools.benchmarking.ap import mode_ap
 from tools.benchmarking.assign import mode_assign
 from tools.benchmarking.breakdown import mode_breakdown
@@ -44,6 +45,7 @@ WORKERS = {
     "peer_official": official_worker,
     "train": train_worker,
     "peer_train": peer_train_worker,
+    "ab_train": ab_train_worker,
 }
 
 
@@ -132,6 +134,12 @@ def parse_args(argv=None):
     p.add_argument("--image-size", default="800x1201", help="HxW of every synthetic image")
     p.add_argument("--boxes-per-image", type=int, default=10)
     p.add_argument("--peer", choices=["hf"], default=None, help="also train HF transformers")
+    p.add_argument(
+        "--ab", nargs=3, metavar=("KEY", "A", "B"), default=None,
+        help="train the config with KEY=A and with KEY=B side by side in one process, steps "
+        "alternating, and print the speed-up of B, e.g. --ab MODEL.DETA.BACKBONE_TRAIN_DTYPE "
+        "float32 bfloat16",
+    )  # fmt: skip
     add_compile_arg(p)
     p.add_argument("--peer-path", default=DEFAULT_PEER_PATH, help="folder holding transformers")
 

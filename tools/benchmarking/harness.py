@@ -170,24 +170,36 @@ def time_loop(fn, warmup: int, iters: int, device: torch.device) -> dict:
         synchronize(device)
     wall, cpu = [], []
     for _ in range(iters):
-        synchronize(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        synchronize(device)
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    wall_sorted = sorted(wall)
+        w, c = timed_call(fn, device)
+        wall.append(w)
+        cpu.append(c)
+    return summarize(wall, cpu, warmup)
 
-    def pct(q):  # nearest-rank percentile
-        return wall_sorted[min(len(wall) - 1, max(0, math.ceil(q * len(wall)) - 1))]
 
+def timed_call(fn, device: torch.device):
+    """(wall, process CPU) seconds of one synchronised call of ``fn``."""
+    synchronize(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def percentile(values, q: float) -> float:
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def summarize(wall: list, cpu: list, warmup: int) -> dict:
+    """The statistics of one sample set of per-call wall and CPU seconds."""
     return {
         "mean_s": statistics.fmean(wall),
-        "p50_s": pct(0.5),
-        "p90_s": pct(0.9),
-        "min_s": wall_sorted[0],
+        "p50_s": percentile(wall, 0.5),
+        "p90_s": percentile(wall, 0.9),
+        "min_s": min(wall),
         "cpu_s": statistics.fmean(cpu),
-        "iters": iters,
+        "iters": len(wall),
         "warmup": warmup,
     }
 

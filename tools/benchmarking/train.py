@@ -94,18 +94,14 @@ def check_peer(args) -> list:
 
 
 def mode_train(args) -> dict:
+    if args.ab:
+        return _mode_ab(args)
     differences = check_peer(args) if args.peer else []
     results = []
     modes = compiling.compile_modes(args)
     for batch, mode in ((b, c) for b in args.batch_sizes for c in modes):
-        spec = base_spec(args)
+        spec = _spec(args, batch)
         spec["compile"] = mode
-        spec.update(
-            image_size=parse_size(args.image_size),
-            batch_size=batch,
-            boxes_per_image=args.boxes_per_image,
-            peer_path=args.peer_path,
-        )
         row = {"image_size": args.image_size, "batch_size": batch}
         row["ours"] = run_worker("train", spec)
         if args.peer and mode == modes[0]:  # right after ours, so both see about the same load
@@ -130,6 +126,32 @@ def mode_train(args) -> dict:
             "cardinality_error; hard-coded values: " + ("; ".join(differences) or "none differ")
         )
     return {"results": results, "peer_differences": differences}
+
+
+def _spec(args, batch: int) -> dict:
+    spec = base_spec(args)
+    spec.update(
+        image_size=parse_size(args.image_size),
+        batch_size=batch,
+        boxes_per_image=args.boxes_per_image,
+        peer_path=args.peer_path,
+    )
+    return spec
+
+
+def _mode_ab(args) -> dict:
+    from tools.benchmarking import ab  # it imports this module
+
+    ab.check_ab(args)
+    results = []
+    for batch in args.batch_sizes:
+        spec = _spec(args, batch)
+        spec.update(ab_key=args.ab[0], ab_values=list(args.ab[1:]))
+        row = {"image_size": args.image_size, "batch_size": batch}
+        row["ours"] = run_worker("ab_train", spec)
+        results.append(row)
+    ab.print_ab(args, results)
+    return {"results": results, "ab": list(args.ab)}
 
 
 def _rows(results) -> list:
