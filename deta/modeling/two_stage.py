@@ -133,6 +133,31 @@ def _cap_per_level(keep: torch.Tensor, keep_levels: torch.Tensor, num_levels: in
     return keep[chosen]
 
 
+def _first_copies(tokens: torch.Tensor, boxes: torch.Tensor, nms_thresh: float) -> torch.Tensor:
+    """Positions in the flattened candidates that NMS needs to see: one copy of each token.
+
+    A level with fewer than ``pre_nms_topk`` tokens is topped up with tokens of other levels,
+    which are then also in their own level's list: on a small image every level's list holds
+    every token, so NMS (quadratic) sees each box up to L times. The copies share box, score
+    and group, and of identical boxes NMS keeps at most one (their IoU is exactly 1), so NMS on
+    the first copy alone keeps the same tokens. Not so for a zero-area box (IoU 0/0, every copy
+    kept) or a threshold >= 1: those copies all stay.
+
+    Args:
+        tokens (Tensor): (B, K) ``image * S + token`` of every candidate.
+        boxes (Tensor): (B * K, 4) their xyxy boxes.
+    """
+    flat = tokens.reshape(-1)
+    pos = torch.arange(flat.numel(), device=flat.device)
+    if nms_thresh >= 1:
+        return pos
+    first = torch.full((int(flat.max()) + 1,), flat.numel(), dtype=pos.dtype, device=pos.device)
+    first = first.scatter_reduce(0, flat, pos, "amin")
+    # The area as torchvision's NMS computes it.
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return pos[(first[flat] == pos) | ~(area > 0)]
+
+
 def select_queries_nms(
     objectness: torch.Tensor,
     boxes_unact: torch.Tensor,
@@ -163,12 +188,10 @@ def select_queries_nms(
     image_ids = torch.arange(B, device=cands.device)[:, None].expand(B, K)
     # One NMS call for all images: group = image * L + level keeps it per image and level.
     groups = (image_ids * L + level_ids[cands]).reshape(-1)
-    keep = group_nms(
-        boxes[image_ids, cands].reshape(-1, 4),
-        objectness[image_ids, cands].reshape(-1),
-        groups,
-        nms_thresh,
-    )
+    cand_boxes = boxes[image_ids, cands].reshape(-1, 4)
+    at = _first_copies(image_ids * S + cands, cand_boxes, nms_thresh)
+    cand_scores = objectness[image_ids, cands].reshape(-1)
+    keep = at[group_nms(cand_boxes[at], cand_scores[at], groups[at], nms_thresh)]
     keep_image = keep // K
     selected = []
     for b in range(B):

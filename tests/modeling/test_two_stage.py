@@ -1,10 +1,13 @@
 """First-stage proposals and DETA's query selection on hand-computable cases."""
 
 import unittest
+from unittest import mock
 
 import torch
 
+from deta.modeling import two_stage
 from deta.modeling.two_stage import (
+    _first_copies,
     encoder_output_proposals,
     select_queries_nms,
     select_queries_topk,
@@ -96,6 +99,45 @@ class TestQuerySelection(unittest.TestCase):
         sel = select_queries_nms(torch.randn(2, 5), torch.randn(2, 5, 4), level_ids, [5], 900)
         self.assertEqual(sel.shape, (2, 5))
         self.assertEqual(select_queries_topk(torch.randn(2, 5), 900).shape, (2, 5))
+
+
+class TestRepeatedCandidates(unittest.TestCase):
+    """Levels shorter than ``pre_nms_topk`` put every token in several levels' lists; NMS then
+    runs on one copy of each, and must keep exactly what it keeps on all copies."""
+
+    def _inputs(self, seed, sizes, B=2):
+        g = torch.Generator().manual_seed(seed)
+        S = sum(sizes)
+        level_ids = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+        objectness = torch.randn(B, S, generator=g)
+        boxes = torch.randn(B, S, 4, generator=g)
+        # Ties as in the model: padded/border tokens share one logit and one (clamped) box.
+        border = torch.rand(B, S, generator=g) < 0.2
+        objectness[border] = -1.5
+        boxes[border] = float("inf")
+        # Coarse boxes, so that NMS at 0.5 suppresses many, and a few of zero area.
+        boxes[..., :2] = (boxes[..., :2] * 2).round() / 2
+        boxes[..., 2:][torch.rand(B, S, 2, generator=g) < 0.05] = -200.0
+        return objectness, boxes, level_ids, sizes
+
+    def test_same_selection_as_nms_on_every_copy(self):
+        every_copy = mock.patch.object(
+            two_stage, "_first_copies", lambda tokens, boxes, t: torch.arange(boxes.shape[0])
+        )
+        for seed in range(20):
+            for sizes, q, thresh in (([60, 20, 6], 40, 0.5), ([300, 80, 20, 6], 100, 0.9)):
+                args = self._inputs(seed, sizes)
+                got = select_queries_nms(*args, q, pre_nms_topk=100, nms_thresh=thresh)
+                with every_copy:
+                    expected = select_queries_nms(*args, q, pre_nms_topk=100, nms_thresh=thresh)
+                self.assertEqual(got.tolist(), expected.tolist(), (seed, sizes))
+
+    def test_which_copies_stay(self):
+        tokens = torch.tensor([[3, 5, 3, 7], [13, 13, 19, 19]])  # image * S + token, S = 10
+        box = [0.1, 0.1, 0.4, 0.5]
+        flat = torch.tensor([box] * 6 + [[0.2, 0.2, 0.2, 0.6]] * 2)  # the last token: no area
+        self.assertEqual(_first_copies(tokens, flat, 0.9).tolist(), [0, 1, 3, 4, 6, 7])
+        self.assertEqual(_first_copies(tokens, flat, 1.0).tolist(), list(range(8)))
 
 
 if __name__ == "__main__":
