@@ -57,10 +57,14 @@ AP_GOAL = 30.0
 def _train(model_dir: str, datasets_dir: str, opts: List[str]) -> None:
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG]
     cmd += ["--resume", "OUTPUT_DIR", model_dir, *opts]
-    # OpenMP threads that spin while waiting make 2 threads up to 5x slower than 1 as soon as
-    # another job shares the 2 cores (measured); passive waiting costs nothing when idle.
     env = dict(os.environ, DETECTRON2_DATASETS=datasets_dir)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in env:
+        # libgomp's threads spin ~300k times at every barrier before they sleep: fastest on an
+        # idle machine, up to 5x slower as soon as another job shares the cores. Passive waiting
+        # avoids that but cost 15-30% per step on an idle machine. 1000 spins kept most of both:
+        # idle ~0.45 s/it (default 0.42, passive 0.50-0.59), beside one busy process 1.10 s/it
+        # (default 1.45, passive 0.99), measured on 2 cores (docs/TRAINING.md).
+        env.setdefault("GOMP_SPINCOUNT", "1000")
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, env=env, check=True, cwd=REPO)
 
