@@ -15,7 +15,9 @@ Modes (subcommands):
   ``--peer official``, with the official outputs.
 - ``train``: iterations/s and peak memory of forward + backward + optimizer step on synthetic
   images with random boxes; ``--peer hf`` trains Hugging Face ``DetaForObjectDetection`` (same
-  config, same batch and labels, our optimizer groups and clipping) in the same run.
+  config, same batch and labels, our optimizer groups and clipping) in the same run;
+  ``--ab KEY A B`` trains the config with two values of one key side by side in one process,
+  steps alternating, and prints the speed-up of B.
 - ``op``: the deformable-attention kernels against the PyTorch reference (runs
   ``tools/benchmark_ms_deform_attn.py``).
 - ``assign``: Stage1Assigner / Stage2Assigner against HungarianMatcher per image.
@@ -41,6 +43,8 @@ Examples::
     python tools/benchmark.py breakdown --iters 2
     python tools/benchmark.py roofline --iters 2 --dtype bf16
     python tools/benchmark.py train --image-size 512x683 --batch-sizes 2 --peer hf
+    python tools/benchmark.py train --config-file configs/deta_R_18_synthetic_cpu.yaml \
+        --image-size 160x213 --batch-sizes 8 --ab MODEL.DETA.BACKBONE_TRAIN_DTYPE float32 bfloat16
     python tools/benchmark.py assign
     python tools/benchmark.py op --iters 5
     python tools/benchmark.py ap --dtype fp32 bf16
@@ -48,6 +52,6 @@ Examples::
 Layout: ``cli`` (flags, dispatch), ``harness`` (machine info, timing, memory, worker
 subprocesses), ``machine`` (the peak probe), ``models`` (config, model, synthetic inputs),
 ``tables``, ``peer_hf`` (the Hugging Face peer), ``peer_official`` (the official code), ``parity``
-(``--check``) and one module per mode. The entry point is
+(``--check``), ``ab`` (``train --ab``) and one module per mode. The entry point is
 ``tools/benchmark.py``; workers run as ``tools/benchmark.py _worker NAME JSON``.
 """
