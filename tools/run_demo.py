@@ -61,9 +61,9 @@ def _train(model_dir: str, datasets_dir: str, opts: List[str]) -> None:
     if "OMP_WAIT_POLICY" not in env:
         # libgomp's threads spin ~300k times at every barrier before they sleep: fastest on an
         # idle machine, up to 5x slower as soon as another job shares the cores. Passive waiting
-        # avoids that but cost 15-30% per step on an idle machine. 1000 spins kept most of both:
-        # idle ~0.45 s/it (default 0.42, passive 0.50-0.59), beside one busy process 1.10 s/it
-        # (default 1.45, passive 0.99), measured on 2 cores (docs/TRAINING.md).
+        # avoids that but cost 14-35% per step on an idle machine. 1000 spins kept most of both:
+        # idle 0.44-0.46 s/it (default 0.40-0.47, passive 0.49-0.60), beside one busy process
+        # 1.10 s/it (default 1.45, passive 0.99-1.01), measured on 2 cores (docs/TRAINING.md).
         env.setdefault("GOMP_SPINCOUNT", "1000")
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, env=env, check=True, cwd=REPO)

@@ -6,7 +6,7 @@ Shape shorthand: ``B`` batch, ``S`` encoder tokens, ``L`` levels, ``Q`` queries.
 from typing import List, Sequence, Tuple
 
 import torch
-from torchvision.ops import box_convert, nms
+from torchvision.ops import box_area, box_convert, nms
 
 from .neck import valid_sizes_of
 
@@ -133,7 +133,9 @@ def _cap_per_level(keep: torch.Tensor, keep_levels: torch.Tensor, num_levels: in
     return keep[chosen]
 
 
-def _first_copies(tokens: torch.Tensor, boxes: torch.Tensor, nms_thresh: float) -> torch.Tensor:
+def _first_copies(
+    tokens: torch.Tensor, num_tokens: int, boxes: torch.Tensor, nms_thresh: float
+) -> torch.Tensor:
     """Positions in the flattened candidates that NMS needs to see: one copy of each token.
 
     A level with fewer than ``pre_nms_topk`` tokens is topped up with tokens of other levels,
@@ -145,17 +147,18 @@ def _first_copies(tokens: torch.Tensor, boxes: torch.Tensor, nms_thresh: float) 
 
     Args:
         tokens (Tensor): (B, K) ``image * S + token`` of every candidate.
+        num_tokens: B * S, an upper bound of ``tokens`` known without reading it back (a sync
+            on the GPU).
         boxes (Tensor): (B * K, 4) their xyxy boxes.
     """
     flat = tokens.reshape(-1)
     pos = torch.arange(flat.numel(), device=flat.device)
     if nms_thresh >= 1:
         return pos
-    first = torch.full((int(flat.max()) + 1,), flat.numel(), dtype=pos.dtype, device=pos.device)
+    first = torch.full((num_tokens,), flat.numel(), dtype=pos.dtype, device=pos.device)
     first = first.scatter_reduce(0, flat, pos, "amin")
-    # The area as torchvision's NMS computes it.
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return pos[(first[flat] == pos) | ~(area > 0)]
+    # box_area is (x2 - x1) * (y2 - y1), the area torchvision's NMS divides by.
+    return pos[(first[flat] == pos) | ~(box_area(boxes) > 0)]
 
 
 def select_queries_nms(
@@ -189,7 +192,7 @@ def select_queries_nms(
     # One NMS call for all images: group = image * L + level keeps it per image and level.
     groups = (image_ids * L + level_ids[cands]).reshape(-1)
     cand_boxes = boxes[image_ids, cands].reshape(-1, 4)
-    at = _first_copies(image_ids * S + cands, cand_boxes, nms_thresh)
+    at = _first_copies(image_ids * S + cands, B * S, cand_boxes, nms_thresh)
     cand_scores = objectness[image_ids, cands].reshape(-1)
     keep = at[group_nms(cand_boxes[at], cand_scores[at], groups[at], nms_thresh)]
     keep_image = keep // K

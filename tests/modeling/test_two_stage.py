@@ -122,7 +122,7 @@ class TestRepeatedCandidates(unittest.TestCase):
 
     def test_same_selection_as_nms_on_every_copy(self):
         every_copy = mock.patch.object(
-            two_stage, "_first_copies", lambda tokens, boxes, t: torch.arange(boxes.shape[0])
+            two_stage, "_first_copies", lambda tokens, n, boxes, t: torch.arange(boxes.shape[0])
         )
         for seed in range(20):
             for sizes, q, thresh in (([60, 20, 6], 40, 0.5), ([300, 80, 20, 6], 100, 0.9)):
@@ -136,8 +136,8 @@ class TestRepeatedCandidates(unittest.TestCase):
         tokens = torch.tensor([[3, 5, 3, 7], [13, 13, 19, 19]])  # image * S + token, S = 10
         box = [0.1, 0.1, 0.4, 0.5]
         flat = torch.tensor([box] * 6 + [[0.2, 0.2, 0.2, 0.6]] * 2)  # the last token: no area
-        self.assertEqual(_first_copies(tokens, flat, 0.9).tolist(), [0, 1, 3, 4, 6, 7])
-        self.assertEqual(_first_copies(tokens, flat, 1.0).tolist(), list(range(8)))
+        self.assertEqual(_first_copies(tokens, 20, flat, 0.9).tolist(), [0, 1, 3, 4, 6, 7])
+        self.assertEqual(_first_copies(tokens, 20, flat, 1.0).tolist(), list(range(8)))
 
 
 if __name__ == "__main__":
