@@ -15,6 +15,7 @@ Without CUDA, ``--num-gpus N`` starts N CPU worker processes (gloo); set ``MODEL
 See docs/TRAINING.md for multi-node and slurm use.
 """
 
+import logging
 import weakref
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -27,8 +28,9 @@ from deta import DetaDatasetMapper
 from deta.engine import DetaCheckpointer, add_nonfinite_loss_check, cpu_safe_ddp, launch
 from deta.evaluation import build_coco_evaluator
 from deta.solver import build_deta_optimizer
-from deta.utils.cli import build_cfg, run_main
+from deta.utils.cli import build_cfg, fail, run_main
 from deta.utils.compile import compile_model
+from deta.utils.cpu_allocator import allocator_mode, configure_cpu_allocator
 
 # Detectron2 v0.6's DefaultTrainer checkpoints neither the optimizer nor the AMP scaler, so
 # --resume restarted AdamW from zero moments; later versions store them under "_trainer".
@@ -107,7 +109,10 @@ def setup(args):
 
 def main(args):
     """Per-process entry point: evaluate (``--eval-only``) or train, returning the results."""
+    # Before anything big is allocated; each launched process runs main. $DETA_CPU_ALLOCATOR.
+    allocator = configure_cpu_allocator()
     cfg = setup(args)
+    logging.getLogger("deta").info("CPU allocator: %s", allocator)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetaCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -141,15 +146,21 @@ def invoke_main() -> None:
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
     # A broken weights file or dataset setting is one error line (run_main), not a traceback.
-    run_main(
-        lambda: launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+    run_main(lambda: _launch(args))
+
+
+def _launch(args):
+    try:
+        allocator_mode()  # a bad $DETA_CPU_ALLOCATOR fails here, not in every worker
+    except ValueError as e:
+        fail(str(e))
+    return launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
     )
 
 

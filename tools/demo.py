@@ -62,6 +62,7 @@ import deta  # noqa: F401  registers DETA and the synthetic datasets
 from deta.checkpoint import write_text_atomic
 from deta.data.images import ImageReadError, open_image, read_image
 from deta.utils.cli import add_config_args, build_cfg, default_output, fail, run_main
+from deta.utils.cpu_allocator import configure_cpu_allocator
 from deta.utils.predictor import DTYPES, BatchPredictor, PredictorError
 from deta.utils.visualization import render_instances
 
@@ -390,7 +391,11 @@ def run_webcam(predictor, capture, args, metadata) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demo; returns the exit status (1 when an input image was skipped)."""
     args = parse_args(argv)
-    setup_logger(name="deta")
+    try:
+        allocator = configure_cpu_allocator()  # $DETA_CPU_ALLOCATOR; before the model is built
+    except ValueError as e:
+        fail(str(e))
+    setup_logger(name="deta").info("CPU allocator: %s", allocator)
     cfg = build_cfg(args.config_file, args.opts)
     args.output = default_output("demo", args.output)
     # Inputs are checked before the model is built, so a typo fails in a second.

@@ -10,6 +10,8 @@ import torch
 
 import tools.benchmarking as package
 from deta.utils.cli import add_config_args
+from deta.utils.cpu_allocator import MODES as ALLOCATOR_MODES
+from deta.utils.cpu_allocator import configure_cpu_allocator
 from tools.benchmarking.ab import ab_train_worker
 from tools.benchmarking.ap import mode_ap
 from tools.benchmarking.assign import mode_assign
@@ -49,7 +51,7 @@ WORKERS = {
 }
 
 
-def add_common(p, iters: int, warmup: int, dtypes: bool = False) -> None:
+def add_common(p, iters: int, warmup: int, dtypes: bool = False, allocators: bool = False) -> None:
     # --config-file (alias --config) and trailing KEY VALUE overrides, as in the other tools.
     add_config_args(p, default=DEFAULT_CONFIG)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -61,6 +63,18 @@ def add_common(p, iters: int, warmup: int, dtypes: bool = False) -> None:
         )  # fmt: skip
     else:
         p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="or torch.autocast")
+    if allocators:
+        p.add_argument(
+            "--allocator", dest="allocators", nargs="+", choices=ALLOCATOR_MODES,
+            default=["keep"],
+            help="our CPU allocator mode (deta.utils.cpu_allocator): keep (what train_net.py "
+            "and tools/demo.py use) or system; several are measured in turn",
+        )  # fmt: skip
+    else:
+        p.add_argument(
+            "--allocator", choices=ALLOCATOR_MODES, default="keep",
+            help="CPU allocator mode (deta.utils.cpu_allocator): keep or system",
+        )  # fmt: skip
     p.add_argument("--iters", type=int, default=iters, help="timed iterations")
     p.add_argument("--warmup", type=int, default=warmup, help="discarded iterations")
     p.add_argument("--weights", default=None, help="checkpoint; default random weights")
@@ -80,6 +94,13 @@ def add_common(p, iters: int, warmup: int, dtypes: bool = False) -> None:
         metavar="KEY VALUE",
         help="deprecated: the same as the trailing KEY VALUE overrides",
     )
+
+
+def add_peer_allocator_arg(p) -> None:
+    p.add_argument(
+        "--peer-allocator", choices=ALLOCATOR_MODES, default="system",
+        help="the peer's CPU allocator mode; default system (the peer as its users run it)",
+    )  # fmt: skip
 
 
 def _merge_opts(args):
@@ -104,7 +125,8 @@ def parse_args(argv=None):
     sub = parser.add_subparsers(dest="mode", required=True)
 
     p = sub.add_parser("inference", help="forward-only FPS and end-to-end latency")
-    add_common(p, iters=10, warmup=5, dtypes=True)
+    add_common(p, iters=10, warmup=5, dtypes=True, allocators=True)
+    add_peer_allocator_arg(p)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     p.add_argument("--image-sizes", nargs="+", default=["800x1201"], help="HxW")
     p.add_argument(
@@ -129,7 +151,8 @@ def parse_args(argv=None):
     add_compile_arg(p)
 
     p = sub.add_parser("train", help="training iterations/s and peak memory")
-    add_common(p, iters=5, warmup=2)
+    add_common(p, iters=5, warmup=2, allocators=True)
+    add_peer_allocator_arg(p)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[2])
     p.add_argument("--image-size", default="800x1201", help="HxW of every synthetic image")
     p.add_argument("--boxes-per-image", type=int, default=10)
@@ -191,6 +214,8 @@ def main() -> None:
         from deta.checkpoint import load_weights_only
 
         load_weights_only(args.weights)
+    if hasattr(args, "allocator"):  # the modes that measure in this process
+        configure_cpu_allocator(args.allocator)
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads, args.device)
     print_machine(info)

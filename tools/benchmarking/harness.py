@@ -220,6 +220,7 @@ def start_result(impl: str, model, **extra) -> dict:
     return {
         "impl": impl,
         **extra,
+        "allocator": ALLOCATOR["state"],
         "params": sum(p.numel() for p in model.parameters()),
         "rss_model_mib": rss_mib(),
         "loadavg_start": load_average(),
@@ -230,8 +231,16 @@ def start_result(impl: str, model, **extra) -> dict:
 # Workers (run in fresh subprocesses; each prints one JSON line last)
 
 
+# What configure_cpu_allocator did in this process (worker_setup sets it; results record it).
+ALLOCATOR = {"state": None}
+
+
 def worker_setup(spec: dict) -> torch.device:
-    """Threads and device of a measurement; ``spec`` is a worker spec or ``vars(args)``."""
+    """Allocator, threads and device of a measurement; ``spec`` is a worker spec or
+    ``vars(args)``. The allocator first: it only affects what is allocated after it."""
+    from deta.utils.cpu_allocator import configure_cpu_allocator
+
+    ALLOCATOR["state"] = configure_cpu_allocator(spec.get("allocator", "keep"))
     torch.set_num_threads(spec["threads"])
     return torch.device(spec["device"])
 
@@ -248,6 +257,7 @@ def base_spec(args) -> dict:
         "iters": args.iters,
         "seed": args.seed,
         "weights": args.weights,
+        "allocator": getattr(args, "allocator", None) or args.allocators[0],
     }
 
 

@@ -7,7 +7,7 @@ import os
 import torch
 
 from deta.utils.cli import fail
-from tools.benchmarking import compiling
+from tools.benchmarking import allocator, compiling
 from tools.benchmarking.harness import base_spec, load_average, measure, run_worker, start_result
 from tools.benchmarking.models import forward_inputs, parse_size, synthetic_image, worker_model
 from tools.benchmarking.parity import parity_check
@@ -60,16 +60,17 @@ def mode_inference(args) -> dict:
     results = []
     modes = compiling.compile_modes(args)
     grid = [
-        (s, q, b, d, c)
+        (s, q, b, d, c, a)
         for s in args.image_sizes
         for q in args.num_queries
         for b in args.batch_sizes
         for d in args.dtypes  # adjacent in time, so their comparison sees the same load
         for c in modes
+        for a in args.allocators
     ]
-    for size, queries, batch, dtype, mode in grid:
+    for size, queries, batch, dtype, mode, alloc in grid:
         spec = base_spec(args)
-        spec["compile"] = mode
+        spec.update(compile=mode, allocator=alloc)
         spec.update(
             dtype=dtype,
             image_size=parse_size(size),
@@ -82,8 +83,10 @@ def mode_inference(args) -> dict:
         if queries:
             spec["opts"] += ["MODEL.DETA.NUM_QUERIES", str(queries)]
         row = {"image_size": size, "batch_size": batch, "num_queries": queries, "dtype": dtype}
-        # The peer once per configuration, with the first compile mode.
-        peer_spec = _peer_spec(args, spec, dtype, batch) if mode == modes[0] else None
+        row["allocator"] = alloc
+        # The peer once per configuration, with the first compile mode and allocator.
+        first = mode == modes[0] and alloc == args.allocators[0]
+        peer_spec = _peer_spec(args, spec, dtype, batch) if first else None
         if peer_spec and args.peer == "official":
             # The official worker first: ours loads the official random init it converted.
             peer, row["ours"] = run_official_pair(spec, peer_spec)
@@ -97,7 +100,8 @@ def mode_inference(args) -> dict:
     print()
     _print_table(results, args)
     keys = ("image_size", "batch_size", "num_queries", "dtype")
-    compiling.print_ratios(results, keys, ("forward", "e2e"))
+    compiling.print_ratios(results, keys + ("allocator",), ("forward", "e2e"))
+    allocator.print_ratios(results, keys, ("forward", "e2e"))
     return {"results": results}
 
 
@@ -107,6 +111,7 @@ def _peer_spec(args, spec: dict, dtype: str, batch: int):
     if not args.peer or dtype != "fp32" or (args.peer == "onnxruntime" and batch != 1):
         return None
     peer_spec = dict(spec, check=args.peer == "official" and spec["check"])
+    peer_spec["allocator"] = args.peer_allocator
     peer_spec["warmup"] = args.warmup if args.peer_warmup is None else args.peer_warmup
     peer_spec["iters"] = args.iters if args.peer_iters is None else args.peer_iters
     if args.peer == "official":
@@ -123,7 +128,8 @@ def _print_row(row) -> None:
     f, c = ours["forward"], ours["compile"]
     print(
         f"[{row['image_size']} b{row['batch_size']} q{row['num_queries'] or 'cfg'} {row['dtype']}"
-        f"{' compile=' + c['mode'] if c['mode'] else ''}] first call {c['first_call_s']:.1f} s, "
+        f"{' compile=' + c['mode'] if c['mode'] else ''} alloc={allocator.label(ours)}] "
+        f"first call {c['first_call_s']:.1f} s, "
         f"forward mean {ms(f['mean_s'])} ms, load {ours['loadavg_start']} -> {ours['loadavg_end']}"
     )
     if "check" in ours:
@@ -153,7 +159,8 @@ def _print_row(row) -> None:
 
 
 def _print_table(results, args) -> None:
-    header = ["input", "batch", "queries", "dtype", "model", "warm-up+iters", "fwd mean ms"]
+    header = ["input", "batch", "queries", "dtype", "model", "alloc", "warm-up+iters"]
+    header += ["fwd mean ms"]
     header += ["p50", "p90"]
     header += ["FPS", "CPU s/it"]
     header += ["peak MiB", "e2e mean ms", "e2e p50", "e2e p90", "e2e FPS", "peer/ours"]
@@ -177,6 +184,7 @@ def _print_table(results, args) -> None:
                     r["num_queries"] or "cfg",
                     r["dtype"],
                     compiling.label(m),
+                    allocator.label(m),
                     f"{f['warmup']}+{f['iters']}",
                     ms(f["mean_s"]),
                     ms(f["p50_s"]),

@@ -5,7 +5,7 @@ images with random boxes, one fresh subprocess per batch size; with ``--peer hf`
 import torch
 
 from deta.utils.cli import CliError
-from tools.benchmarking import compiling
+from tools.benchmarking import allocator, compiling
 from tools.benchmarking.harness import base_spec, load_average, measure, run_worker, start_result
 from tools.benchmarking.models import build_cfg, parse_size, synthetic_image, worker_model
 from tools.benchmarking.tables import ms, print_table
@@ -99,13 +99,15 @@ def mode_train(args) -> dict:
     differences = check_peer(args) if args.peer else []
     results = []
     modes = compiling.compile_modes(args)
-    for batch, mode in ((b, c) for b in args.batch_sizes for c in modes):
+    grid = [(b, c, a) for b in args.batch_sizes for c in modes for a in args.allocators]
+    for batch, mode, alloc in grid:
         spec = _spec(args, batch)
-        spec["compile"] = mode
-        row = {"image_size": args.image_size, "batch_size": batch}
+        spec.update(compile=mode, allocator=alloc)
+        row = {"image_size": args.image_size, "batch_size": batch, "allocator": alloc}
         row["ours"] = run_worker("train", spec)
-        if args.peer and mode == modes[0]:  # right after ours, so both see about the same load
-            row["peer"] = run_worker("peer_train", spec)
+        if args.peer and mode == modes[0] and alloc == args.allocators[0]:
+            # Right after ours, so both see about the same load.
+            row["peer"] = run_worker("peer_train", dict(spec, allocator=args.peer_allocator))
         results.append(row)
         for key in ("ours", "peer"):
             if "error" in row.get(key, {}):
@@ -115,10 +117,12 @@ def mode_train(args) -> dict:
         f"{args.threads} threads, {args.boxes_per_image} random boxes per image; peak memory = "
         + ("cuda.max_memory_allocated" if args.device.startswith("cuda") else "RSS high-water")
     )
-    header = ["input", "batch", "model", "mean ms", "p50 ms", "it/s", "img/s", "CPU s/it"]
+    header = ["input", "batch", "model", "alloc", "mean ms", "p50 ms", "it/s", "img/s"]
+    header += ["CPU s/it"]
     header += ["peak MiB"]
     print_table(header + ["peer/ours ms", "peer/ours MiB", "load"], _rows(results))
-    compiling.print_ratios(results, ("image_size", "batch_size"), ("step",))
+    compiling.print_ratios(results, ("image_size", "batch_size", "allocator"), ("step",))
+    allocator.print_ratios(results, ("image_size", "batch_size"), ("step",))
     if args.peer:
         print(
             "HF differs: its PyTorch deformable attention (grid_sample) vs our kernel; it is fed "
@@ -143,6 +147,8 @@ def _mode_ab(args) -> dict:
     from tools.benchmarking import ab  # it imports this module
 
     ab.check_ab(args)
+    if len(args.allocators) > 1:
+        raise CliError("--ab: one --allocator at a time (the two arms share one process)")
     results = []
     for batch in args.batch_sizes:
         spec = _spec(args, batch)
@@ -174,6 +180,7 @@ def _rows(results) -> list:
                     r["image_size"],
                     r["batch_size"],
                     compiling.label(m),
+                    allocator.label(m),
                     ms(s["mean_s"]),
                     ms(s["p50_s"]),
                     f"{1 / s['mean_s']:.3f}",

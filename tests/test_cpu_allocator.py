@@ -1,0 +1,128 @@
+"""``deta.utils.cpu_allocator``: the mode is checked, ``keep`` stops big freed tensors from
+coming back as fresh (page-faulting) memory, and the entry points apply and report it."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+from unittest import mock
+
+from deta.utils import cpu_allocator
+from deta.utils.cpu_allocator import ENV, allocator_mode, configure_cpu_allocator
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "quick_schedules", "deta_instant_test.yaml")
+GLIBC = platform.libc_ver()[0] == "glibc"
+
+# In a fresh interpreter (the setting is process-wide): configure, then allocate, touch and free
+# a 256 MiB tensor twice; print the minor page faults of the second round and the state.
+REUSE = textwrap.dedent(
+    """
+    import json, resource, sys
+    import torch
+    from deta.utils.cpu_allocator import configure_cpu_allocator
+    state = configure_cpu_allocator(sys.argv[1])
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(2):
+        before = faults()
+        x = torch.empty(64 * 2**20, dtype=torch.float32)
+        x.fill_(1.0)
+        del x
+        second = faults() - before
+    print(json.dumps({"state": state, "faults": second}))
+    """
+)
+
+
+def run_reuse(mode):
+    out = subprocess.run(
+        [sys.executable, "-c", REUSE, mode], check=True, capture_output=True, text=True, cwd=REPO
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class TestMode(unittest.TestCase):
+    def test_default_is_keep(self):
+        with mock.patch.dict(os.environ, {}, clear=False):
+            os.environ.pop(ENV, None)
+            self.assertEqual(allocator_mode(), "keep")
+
+    def test_environment_is_read(self):
+        with mock.patch.dict(os.environ, {ENV: "system"}):
+            self.assertEqual(allocator_mode(), "system")
+
+    def test_bad_environment_value_names_variable_and_value(self):
+        with mock.patch.dict(os.environ, {ENV: "jemalloc"}):
+            with self.assertRaises(ValueError) as ctx:
+                allocator_mode()
+        self.assertIn("DETA_CPU_ALLOCATOR='jemalloc'", str(ctx.exception))
+        self.assertIn("keep, system", str(ctx.exception))
+
+    def test_bad_argument_is_named(self):
+        with self.assertRaisesRegex(ValueError, "mode='fast'"):
+            configure_cpu_allocator("fast")
+
+    def test_system_does_not_touch_malloc(self):
+        with mock.patch.object(cpu_allocator.ctypes, "CDLL", side_effect=AssertionError):
+            self.assertTrue(configure_cpu_allocator("system").startswith("system"))
+
+    def test_refusal_is_reported(self):
+        libc = mock.Mock()
+        libc.mallopt.return_value = 0
+        with (
+            mock.patch.object(cpu_allocator.ctypes, "CDLL", return_value=libc),
+            mock.patch.object(cpu_allocator.platform, "libc_ver", return_value=("glibc", "2.36")),
+        ):
+            self.assertEqual(configure_cpu_allocator("keep"), "system: glibc refused mallopt")
+
+
+@unittest.skipUnless(GLIBC, "mallopt is glibc's")
+class TestKeep(unittest.TestCase):
+    def test_freed_tensor_memory_is_reused(self):
+        # 256 MiB are 65536 pages of 4 KiB; with the memory kept, the second tensor faults in
+        # (almost) none of them.
+        keep = run_reuse("keep")
+        self.assertTrue(keep["state"].startswith("keep"), keep)
+        self.assertLess(keep["faults"], 1000, keep)
+
+    def test_system_reports_itself(self):
+        self.assertTrue(run_reuse("system")["state"].startswith("system"))
+
+
+class TestEntryPoints(unittest.TestCase):
+    def test_train_net_rejects_a_bad_mode_in_one_line(self):
+        env = dict(os.environ, **{ENV: "tcmalloc"})
+        cmd = [sys.executable, "train_net.py", "--config-file", TINY]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        self.assertIn("error: DETA_CPU_ALLOCATOR='tcmalloc'", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+
+    def test_benchmark_measures_both_modes_and_records_them(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "r.json")
+            cmd = [
+                sys.executable, "tools/benchmark.py", "train", "--json", out, "--config-file",
+                TINY, "--threads", "1", "--image-size", "64x96", "--batch-sizes", "1",
+                "--boxes-per-image", "2", "--warmup", "0", "--iters", "1",
+                "--allocator", "system", "keep",
+            ]  # fmt: skip
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+            with open(out) as f:
+                results = json.load(f)["results"]
+        self.assertEqual([r["allocator"] for r in results], ["system", "keep"])
+        states = [r["ours"]["allocator"] for r in results]
+        self.assertTrue(states[0].startswith("system"), states)
+        self.assertTrue(states[1].startswith("keep" if GLIBC else "system"), states)
+        if GLIBC:
+            self.assertIn("keep vs system", proc.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
