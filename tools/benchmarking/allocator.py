@@ -1,6 +1,9 @@
 """``--allocator MODE ...`` of ``inference`` and ``train``: our model with the CPU allocator
 modes of ``deta.utils.cpu_allocator`` measured in turn (adjacent subprocesses: the mode is
-process-wide and must be set before the model is built), and the ratio printed."""
+process-wide and must be set before the model is built), and the ratio printed. Modes may
+repeat (``--allocator system keep system keep``): the ratio is then of the medians."""
+
+import statistics
 
 
 def label(result: dict) -> str:
@@ -10,30 +13,35 @@ def label(result: dict) -> str:
 
 
 def print_ratios(results: list, keys: tuple, metrics: tuple) -> None:
-    """For every ``keep`` row, ``metrics`` and peak memory against the ``system`` row of the
-    same ``keys`` and compile mode: system / keep time, > 1 where keeping memory is faster."""
-    by_key = {}
+    """For every configuration (``keys`` and compile mode) measured with both modes: the median
+    of ``metrics`` and of peak memory per mode, system / keep time (> 1 where keep is faster)."""
+    runs = {}
     for r in results:
         m = r["ours"]
         if "error" not in m:
             mode = (m.get("compile") or {}).get("mode")
-            by_key[(tuple(r[k] for k in keys), mode, label(m))] = m
+            where = (tuple(r[k] for k in keys), mode)
+            runs.setdefault(where, {}).setdefault(label(m), []).append(m)
     lines = []
-    for (where, mode, alloc), m in by_key.items():
-        base = by_key.get((where, mode, "system"))
-        if alloc != "keep" or base is None:
+    for (where, mode), by_alloc in runs.items():
+        keep, system = by_alloc.get("keep"), by_alloc.get("system")
+        if not keep or not system:
             continue
+
+        def median(ms, metric, field):
+            return statistics.median(m[metric][field] for m in ms)
+
+        present = [x for x in metrics if all(x in m for m in keep + system)]
         parts = []
-        for metric in metrics:
-            if metric in m and metric in base:
-                s, k = base[metric]["mean_s"], m[metric]["mean_s"]
-                parts.append(f"{metric} {s * 1e3:.0f} -> {k * 1e3:.0f} ms = {s / k:.2f}x")
-        metric = next((x for x in metrics if x in m and x in base), None)
-        if metric:
-            s, k = base[metric]["peak_mib"], m[metric]["peak_mib"]
+        for metric in present:
+            s, k = median(system, metric, "mean_s"), median(keep, metric, "mean_s")
+            parts.append(f"{metric} {s * 1e3:.0f} -> {k * 1e3:.0f} ms = {s / k:.2f}x")
+        if present:
+            s, k = median(system, present[0], "peak_mib"), median(keep, present[0], "peak_mib")
             parts.append(f"peak {s:.0f} -> {k:.0f} MiB = {k / s:.2f}x")
         tag = " ".join(str(x) for x in where) + (f" compile={mode}" if mode else "")
-        lines.append(f"  [{tag}] keep vs system: " + "; ".join(parts))
+        count = f"{len(system)} system / {len(keep)} keep run(s), medians"
+        lines.append(f"  [{tag}] keep vs system ({count}): " + "; ".join(parts))
     if lines:
         print("CPU allocator keep vs system (system/keep mean time, > 1x: keep is faster):")
         print("\n".join(lines))
