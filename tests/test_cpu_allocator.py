@@ -22,8 +22,9 @@ TINY = os.path.join(REPO, "configs", "quick_schedules", "deta_instant_test.yaml"
 GLIBC = platform.libc_ver()[0] == "glibc"
 
 # In a fresh interpreter (the setting is process-wide): configure, then allocate, touch and free
-# a 256 MiB tensor five times; print the minor page faults of the last round and the state. The
-# first rounds may not reuse: posix_memalign asks for a bit more than the block a round freed.
+# a 256 MiB tensor 20 times; print the minor page faults of the last 5 rounds and the state. The
+# first rounds may fault too: posix_memalign asks for a bit more than the block a round freed,
+# so the heap grows until two freed neighbours merge into a block that fits (seen: by round 7).
 REUSE = textwrap.dedent(
     """
     import json, resource, sys
@@ -32,13 +33,14 @@ REUSE = textwrap.dedent(
     state = configure_cpu_allocator(sys.argv[1])
     def faults():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    rounds = []
+    for _ in range(20):
         before = faults()
         x = torch.empty(64 * 2**20, dtype=torch.float32)
         x.fill_(1.0)
         del x
-        last = faults() - before
-    print(json.dumps({"state": state, "faults": last}))
+        rounds.append(faults() - before)
+    print(json.dumps({"state": state, "faults": max(rounds[-5:])}))
     """
 )
 
@@ -89,7 +91,7 @@ class TestMode(unittest.TestCase):
 class TestKeep(unittest.TestCase):
     def test_freed_tensor_memory_is_reused(self):
         # 256 MiB are 65536 pages of 4 KiB; with the memory kept, the second tensor faults in
-        # (almost) none of them once the heap holds a block that fits.
+        # (almost) none of them once the heap holds a block that fits (the last 5 rounds).
         keep = run_reuse("keep")
         self.assertTrue(keep["state"].startswith("keep"), keep)
         self.assertLess(keep["faults"], 1000, keep)
