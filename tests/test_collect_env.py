@@ -27,6 +27,12 @@ class TestCollectEnv(unittest.TestCase):
         self.assertRegex(text, r"deta._C\s+importable")
         self.assertRegex(text, r"deta._C CPU kernels\s+baseline build \(forced")
 
+    def test_reports_the_allocator_mode(self):
+        text = collect_env(DETA_CPU_ALLOCATOR="system")
+        self.assertRegex(text, r"CPU allocator\s+system \(\$DETA_CPU_ALLOCATOR")
+        text = collect_env(DETA_CPU_ALLOCATOR="big")
+        self.assertRegex(text, r"CPU allocator\s+invalid: DETA_CPU_ALLOCATOR='big'")
+
     def test_switch_off(self):
         self.assertRegex(collect_env(DETA_FAST_CPU_INFERENCE="0"), r"CPU fast paths\s+off")
 

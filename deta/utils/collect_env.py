@@ -25,6 +25,7 @@ def _deta_rows() -> List[Tuple[str, str]]:
     import deta
     from deta import fast_cpu
     from deta.layers import ms_deform_attn_func as msda
+    from deta.utils.cpu_allocator import describe_cpu_allocator
 
     rows = [("deta", f"{deta.__version__} @ {os.path.dirname(deta.__file__)}")]
     ext = msda._load_ext()
@@ -41,6 +42,7 @@ def _deta_rows() -> List[Tuple[str, str]]:
     rows += [
         ("PyTorch", f"{torch.__version__} (CUDA {torch.version.cuda})"),
         ("torch threads", str(torch.get_num_threads())),
+        ("CPU allocator", describe_cpu_allocator()),
         ("CUDA available", str(torch.cuda.is_available())),
         ("MSDA impl setting", msda.get_msda_impl()),
         ("MSDA impl on CPU", msda.describe_msda_impl("cpu")),

@@ -54,3 +54,15 @@ def configure_cpu_allocator(mode: Optional[str] = None) -> str:
     if not ok:
         return "system: glibc refused mallopt"
     return "keep: glibc keeps freed memory for reuse (mmap off, trim threshold 2 GiB)"
+
+
+def describe_cpu_allocator() -> str:
+    """What :func:`configure_cpu_allocator` would do here, without doing it (collect_env)."""
+    try:
+        mode = allocator_mode()
+    except ValueError as e:
+        return f"invalid: {e}"
+    source = f"${ENV}" if ENV in os.environ else "default"
+    if mode == "keep" and platform.libc_ver()[0] != "glibc":
+        return f"keep ({source}), but not glibc: left as it is"
+    return f"{mode} ({source}; applied by train_net.py, tools/demo.py, tools/benchmark.py)"
