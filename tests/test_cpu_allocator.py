@@ -137,6 +137,35 @@ class TestEntryPoints(unittest.TestCase):
         self.assertIn("error: DETA_CPU_ALLOCATOR='tcmalloc'", proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
 
+    def test_demo_rejects_a_bad_mode_in_one_line(self):
+        env = dict(os.environ, **{ENV: "tcmalloc"})
+        cmd = [sys.executable, "tools/demo.py", "--config-file", TINY, "--input", "missing.jpg"]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        self.assertIn("error: DETA_CPU_ALLOCATOR='tcmalloc'", proc.stderr)
+
+    def test_benchmark_peer_gets_its_own_mode(self):
+        from tools.benchmarking.cli import parse_args
+        from tools.benchmarking.harness import base_spec
+        from tools.benchmarking.inference import _peer_spec
+
+        args = parse_args(["inference", "--peer", "hf", "--allocator", "keep", "system"])
+        spec = base_spec(args)
+        self.assertEqual(spec["allocator"], "keep")
+        self.assertEqual(_peer_spec(args, spec, "fp32", 1)["allocator"], "system")
+        args = parse_args(["inference", "--peer", "hf", "--peer-allocator", "keep"])
+        self.assertEqual(_peer_spec(args, base_spec(args), "fp32", 1)["allocator"], "keep")
+
+    def test_ab_takes_one_mode(self):
+        cmd = [
+            sys.executable, "tools/benchmark.py", "train", "--config-file", TINY,
+            "--ab", "MODEL.DETA.BACKBONE_TRAIN_DTYPE", "float32", "bfloat16",
+            "--allocator", "system", "keep",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        self.assertIn("--ab: one --allocator at a time", proc.stderr)
+
     def test_benchmark_measures_both_modes_and_records_them(self):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "r.json")
