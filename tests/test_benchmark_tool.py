@@ -115,6 +115,7 @@ class TestBenchmarkTool(unittest.TestCase):
         self.assertEqual((row["image_size"], row["batch_size"]), ("96x128", 2))
         self.assertEqual(row["ours"]["optimizer"], "build_deta_optimizer")
         self.assert_timings(row["ours"]["step"], iters=1, warmup=1)
+        self.assertGreaterEqual(row["ours"]["step"]["faults_per_iter"], 0)
 
     def test_assign_honours_the_config(self):
         # Sample sizes small enough to cap the positives: Stage1 keeps at most 8 * 0.5 = 4,

@@ -4,6 +4,7 @@ coming back as fresh (page-faulting) memory, and the entry points apply and repo
 import contextlib
 import io
 import json
+import mmap
 import os
 import platform
 import subprocess
@@ -13,9 +14,13 @@ import textwrap
 import unittest
 from unittest import mock
 
+import torch
+
 from deta.utils import cpu_allocator
 from deta.utils.cpu_allocator import ENV, allocator_mode, configure_cpu_allocator
 from tools.benchmarking import allocator as allocator_bench
+from tools.benchmarking.harness import time_loop
+from tools.benchmarking.train import GROWING_HEAP_FAULTS, growing_heap_warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "quick_schedules", "deta_instant_test.yaml")
@@ -126,6 +131,36 @@ class TestRatios(unittest.TestCase):
             results = [fake_run("keep: kept", 1.0, 1)]
             allocator_bench.print_ratios(results, ("batch_size",), ("step",))
         self.assertEqual(out.getvalue(), "")
+
+
+class TestFaultCounts(unittest.TestCase):
+    def test_time_loop_counts_the_faults_of_fresh_pages(self):
+        pages = 2048
+
+        def touch_fresh_pages():
+            with mmap.mmap(-1, pages * mmap.PAGESIZE) as m:  # new anonymous pages every call
+                for i in range(pages):
+                    m[i * mmap.PAGESIZE] = 1
+
+        stats = time_loop(touch_fresh_pages, 1, 3, torch.device("cpu"))
+        self.assertGreaterEqual(stats["faults_per_iter"], pages)
+
+    def test_warns_only_where_kept_memory_still_faults(self):
+        def run(state, faults, key="ours"):
+            m = {"allocator": state, "step": {"faults_per_iter": faults}}
+            return {"image_size": "8x8", "batch_size": 2, key: m}
+
+        many = GROWING_HEAP_FAULTS
+        results = [
+            run("keep: kept", many), run("keep: kept", many - 1), run("system: as is", 10 * many),
+            run("keep: kept", 2 * many, key="peer"), {"image_size": "8x8", "batch_size": 1},
+        ]  # fmt: skip
+        lines = growing_heap_warnings(results, warmup=1)
+        self.assertEqual(len(lines), 2, lines)
+        expected = f"ours at 8x8 batch 2 kept memory but still made {many} page faults"
+        self.assertIn(expected, lines[0])
+        self.assertIn("--warmup 1", lines[0])
+        self.assertTrue(lines[1].startswith("note: peer"), lines[1])
 
 
 class TestEntryPoints(unittest.TestCase):

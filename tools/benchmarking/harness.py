@@ -16,6 +16,11 @@ import torch
 
 from tools.benchmark_ms_deform_attn import cpu_model
 
+try:
+    import resource
+except ImportError:  # not on Windows: no fault counts there
+    resource = None
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Workers are started through the entry point, so they see the same sys.path set-up.
 ENTRY = os.path.join(REPO, "tools", "benchmark.py")
@@ -162,18 +167,29 @@ def autocast(device: torch.device, dtype: str):
 def time_loop(fn, warmup: int, iters: int, device: torch.device) -> dict:
     """Official timing: synchronise, time one call, synchronise; warm-up calls discarded.
 
-    Returns wall seconds per call (mean, the official statistic, plus p50/p90/min) and process
-    CPU seconds per call, which is far less inflated than wall time when other jobs compete.
+    Returns wall seconds per call (mean, the official statistic, plus p50/p90/min), process
+    CPU seconds per call, which is far less inflated than wall time when other jobs compete,
+    and the process's minor page faults per timed call (``faults_per_iter``): many of them mean
+    fresh memory every call, or a heap still growing to its working size (too short a warm-up).
     """
     for _ in range(warmup):
         fn()
         synchronize(device)
     wall, cpu = [], []
+    faults = minor_faults()
     for _ in range(iters):
         w, c = timed_call(fn, device)
         wall.append(w)
         cpu.append(c)
-    return summarize(wall, cpu, warmup)
+    stats = summarize(wall, cpu, warmup)
+    if faults is not None:
+        stats["faults_per_iter"] = round((minor_faults() - faults) / iters)
+    return stats
+
+
+def minor_faults():
+    """Minor page faults of this process so far (all threads), None where not counted."""
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def timed_call(fn, device: torch.device):
