@@ -49,6 +49,7 @@ class TestBenchmarkTool(unittest.TestCase):
         self.assertLessEqual(timings["min_s"], timings["p50_s"])
         self.assertLessEqual(timings["p50_s"], timings["p90_s"])
         self.assertLessEqual(timings["min_s"], timings["mean_s"])
+        self.assertGreaterEqual(timings["faults_per_iter"], 0)  # counted (Linux)
 
     def test_inference_with_parity_check(self):
         result = benchmark(
@@ -115,7 +116,6 @@ class TestBenchmarkTool(unittest.TestCase):
         self.assertEqual((row["image_size"], row["batch_size"]), ("96x128", 2))
         self.assertEqual(row["ours"]["optimizer"], "build_deta_optimizer")
         self.assert_timings(row["ours"]["step"], iters=1, warmup=1)
-        self.assertGreaterEqual(row["ours"]["step"]["faults_per_iter"], 0)
 
     def test_assign_honours_the_config(self):
         # Sample sizes small enough to cap the positives: Stage1 keeps at most 8 * 0.5 = 4,

@@ -162,7 +162,7 @@ def _print_table(results, args) -> None:
     header = ["input", "batch", "queries", "dtype", "model", "alloc", "warm-up+iters"]
     header += ["fwd mean ms"]
     header += ["p50", "p90"]
-    header += ["FPS", "CPU s/it"]
+    header += ["FPS", "CPU s/it", "faults/it"]
     header += ["peak MiB", "e2e mean ms", "e2e p50", "e2e p90", "e2e FPS", "peer/ours"]
     rows = []
     for r in results:
@@ -191,6 +191,7 @@ def _print_table(results, args) -> None:
                     ms(f["p90_s"]),
                     f"{r['batch_size'] / f['mean_s']:.2f}",
                     f"{f['cpu_s']:.2f}",
+                    f.get("faults_per_iter", "-"),
                     f"{max(f['peak_mib'], e['peak_mib'] if e else 0):.0f}",
                     ms(e["mean_s"]) if e else "-",
                     ms(e["p50_s"]) if e else "-",
