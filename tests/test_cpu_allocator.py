@@ -20,7 +20,6 @@ from deta.utils import cpu_allocator
 from deta.utils.cpu_allocator import ENV, allocator_mode, configure_cpu_allocator
 from tools.benchmarking import allocator as allocator_bench
 from tools.benchmarking.harness import time_loop
-from tools.benchmarking.train import GROWING_HEAP_FAULTS, growing_heap_warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "quick_schedules", "deta_instant_test.yaml")
@@ -147,20 +146,28 @@ class TestFaultCounts(unittest.TestCase):
 
     def test_warns_only_where_kept_memory_still_faults(self):
         def run(state, faults, key="ours"):
-            m = {"allocator": state, "step": {"faults_per_iter": faults}}
+            m = {"allocator": state, "step": {"faults_per_iter": faults, "warmup": 1}}
             return {"image_size": "8x8", "batch_size": 2, key: m}
 
-        many = GROWING_HEAP_FAULTS
+        many = allocator_bench.GROWING_HEAP_FAULTS
         results = [
             run("keep: kept", many), run("keep: kept", many - 1), run("system: as is", 10 * many),
             run("keep: kept", 2 * many, key="peer"), {"image_size": "8x8", "batch_size": 1},
         ]  # fmt: skip
-        lines = growing_heap_warnings(results, warmup=1)
+        lines = allocator_bench.growing_heap_notes(results, ("step",))
         self.assertEqual(len(lines), 2, lines)
-        expected = f"ours at 8x8 batch 2 kept memory but still made {many} page faults"
+        expected = f"ours step at 8x8 batch 2 kept memory but still made {many} page faults"
         self.assertIn(expected, lines[0])
-        self.assertIn("--warmup 1", lines[0])
-        self.assertTrue(lines[1].startswith("note: peer"), lines[1])
+        self.assertIn("after 1 warm-up calls", lines[0])
+        self.assertTrue(lines[1].startswith("note: peer step"), lines[1])
+        # Inference results: forward and e2e are each checked.
+        inference = {"image_size": "8x8", "batch_size": 1, "ours": {"allocator": "keep: kept"}}
+        inference["ours"]["forward"] = {"faults_per_iter": 0}
+        inference["ours"]["e2e"] = {"faults_per_iter": many, "warmup": 2}
+        lines = allocator_bench.growing_heap_notes([inference], ("forward", "e2e"))
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("note: ours e2e at 8x8 batch 1"), lines[0])
+        self.assertIn("after 2 warm-up calls", lines[0])
 
 
 class TestEntryPoints(unittest.TestCase):

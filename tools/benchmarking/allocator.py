@@ -5,6 +5,10 @@ repeat (``--allocator system keep system keep``): the ratio is then of the media
 
 import statistics
 
+# Minor faults per timed call above which a keep-mode run was not at its steady state (~80 MiB of
+# fresh pages; a steady R-50 train step at 512x683 makes a handful, a growing heap ~0.1 million).
+GROWING_HEAP_FAULTS = 20_000
+
 
 def label(result: dict) -> str:
     """The mode a worker ran with (``keep``/``system``), from its recorded allocator state."""
@@ -45,3 +49,31 @@ def print_ratios(results: list, keys: tuple, metrics: tuple) -> None:
     if lines:
         print("CPU allocator keep vs system (system/keep mean time, > 1x: keep is faster):")
         print("\n".join(lines))
+
+
+def growing_heap_notes(results: list, metrics: tuple) -> list:
+    """One line per timing (ours or the peer's) whose allocator kept memory but whose timed calls
+    still faulted in fresh pages: the heap was still growing (fragmentation), so the time is above
+    the steady state of a long run."""
+    lines = []
+    for r in results:
+        for key in ("ours", "peer"):
+            m = r.get(key) or {}
+            if label(m) != "keep":
+                continue
+            for metric in metrics:
+                timing = m.get(metric) or {}
+                faults = timing.get("faults_per_iter")
+                if faults is not None and faults >= GROWING_HEAP_FAULTS:
+                    lines.append(
+                        f"note: {key} {metric} at {r['image_size']} batch {r['batch_size']} kept "
+                        f"memory but still made {faults} page faults per timed call: its heap was "
+                        f"still growing after {timing.get('warmup')} warm-up calls; raise the "
+                        "warm-up for the steady state"
+                    )
+    return lines
+
+
+def print_growing_heap_notes(results: list, metrics: tuple) -> None:
+    for line in growing_heap_notes(results, metrics):
+        print(line)

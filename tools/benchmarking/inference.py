@@ -102,6 +102,7 @@ def mode_inference(args) -> dict:
     keys = ("image_size", "batch_size", "num_queries", "dtype")
     compiling.print_ratios(results, keys + ("allocator",), ("forward", "e2e"))
     allocator.print_ratios(results, keys, ("forward", "e2e"))
+    allocator.print_growing_heap_notes(results, ("forward", "e2e"))
     return {"results": results}
 
 

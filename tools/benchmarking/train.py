@@ -121,8 +121,7 @@ def mode_train(args) -> dict:
     header += ["CPU s/it", "faults/it"]
     header += ["peak MiB"]
     print_table(header + ["peer/ours ms", "peer/ours MiB", "load"], _rows(results))
-    for line in growing_heap_warnings(results, args.warmup):
-        print(line)
+    allocator.print_growing_heap_notes(results, ("step",))
     compiling.print_ratios(results, ("image_size", "batch_size", "allocator"), ("step",))
     allocator.print_ratios(results, ("image_size", "batch_size"), ("step",))
     if args.peer:
@@ -132,33 +131,6 @@ def mode_train(args) -> dict:
             "cardinality_error; hard-coded values: " + ("; ".join(differences) or "none differ")
         )
     return {"results": results, "peer_differences": differences}
-
-
-# Minor faults per step above which a keep-mode run was not yet at its steady state (~80 MiB
-# of fresh pages; a steady R-50 step at 512x683 makes a handful, the growing heap ~0.1 million).
-GROWING_HEAP_FAULTS = 20_000
-
-
-def growing_heap_warnings(results: list, warmup: int) -> list:
-    """One line per measurement whose allocator keeps memory but whose timed steps still
-    faulted in fresh pages: the heap was still growing (fragmentation), so its time is above
-    the steady state that a long training run sees."""
-    lines = []
-    for r in results:
-        for key in ("ours", "peer"):
-            m = r.get(key) or {}
-            step = m.get("step") or {}
-            faults = step.get("faults_per_iter")
-            if faults is None or faults < GROWING_HEAP_FAULTS:
-                continue
-            if not str(m.get("allocator") or "").startswith("keep"):
-                continue
-            lines.append(
-                f"note: {key} at {r['image_size']} batch {r['batch_size']} kept memory but still "
-                f"made {faults} page faults per timed step: its heap was still growing after "
-                f"--warmup {warmup}; raise --warmup for the steady state of a long run"
-            )
-    return lines
 
 
 def _spec(args, batch: int) -> dict:
